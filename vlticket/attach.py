@@ -1,0 +1,93 @@
+"""Keeping a mask in force while the user's unchanged training loop runs.
+
+Two hooks per attachment, no reparametrisation: a post-accumulate-grad hook zeroes the pruned
+entries of each gradient (so gradient clipping and logging see the sparse gradient), and an
+optimizer step post-hook re-zeroes the pruned weights (so momentum, Adam moments from dense
+training and weight decay cannot revive them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from .errors import ArgumentError
+
+if TYPE_CHECKING:
+    from .masks import Mask
+
+
+class MaskHandle:
+    """An attached mask. ``remove()`` detaches it; usable as a context manager.
+
+    Parameters keep their identity and ``state_dict()`` keys never change while attached.
+    """
+
+    def __init__(
+        self,
+        mask: Mask,
+        params: Mapping[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        for name, p in params.items():
+            if not (isinstance(p, torch.Tensor) and p.is_leaf):
+                raise ArgumentError(
+                    f"cannot attach to {name!r}: expected a leaf parameter, found a view or a "
+                    "computed tensor; give the adapter's or module's own parameters"
+                )
+        self.mask = mask
+        self._keep = {n: mask[n].to(p.device) for n, p in params.items()}
+        self._params = dict(params)
+        self._hooks: list[RemovableHandle] = []
+        self._zero_weights()
+        for name, p in self._params.items():
+            if p.requires_grad:
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
+        if optimizer is not None:
+            self.add_optimizer(optimizer)
+
+    def _grad_hook(self, name: str):
+        keep = self._keep[name]
+
+        def hook(p: torch.Tensor) -> None:
+            if p.grad is not None:
+                p.grad.mul_(keep)
+
+        return hook
+
+    @torch.no_grad()
+    def _zero_weights(self, *_: object) -> None:
+        for name, p in self._params.items():
+            p.mul_(self._keep[name])
+
+    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Re-zero the pruned weights after each ``optimizer.step()`` (one more optimizer)."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ArgumentError(
+                f"`optimizer`: expected a torch.optim.Optimizer, found {type(optimizer).__name__}"
+            )
+        self._hooks.append(optimizer.register_step_post_hook(self._zero_weights))
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._params)
+
+    def remove(self) -> None:
+        """Detach: training after this call may revive pruned weights."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._params.clear()
+
+    def __enter__(self) -> MaskHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "attached" if self._params else "removed"
+        return f"MaskHandle({len(self._keep)} tensors, {state})"

@@ -1,0 +1,190 @@
+"""Checkpoint: a CPU snapshot of named weights to rewind to (θ0, θi) or to swap in (θ0', θ0'')."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from . import _files
+from ._named import NameMap, Weights, check_layout, check_names, named_tensors
+from .errors import ArgumentError, FileFormatError
+from .masks import Mask
+
+FORMAT = "vlticket.checkpoint"
+FORMAT_VERSION = "1"
+_SAFE_DTYPES = {
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
+
+class Checkpoint(Mapping[str, torch.Tensor]):
+    """Named weights copied to the CPU, to restore into the same parameters later.
+
+    A Checkpoint is a read-only mapping of name to tensor, so it can also be passed wherever
+    vlticket takes ``weights`` (e.g. to prune by the magnitudes of θ0).
+
+    Example:
+        >>> import torch, vlticket
+        >>> model = torch.nn.Linear(4, 2)
+        >>> theta0 = vlticket.Checkpoint.capture(model)
+        >>> _ = torch.nn.init.zeros_(model.weight)
+        >>> theta0.restore(model)
+        >>> bool(torch.equal(model.weight, theta0["weight"]))
+        True
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._data = {}
+        for name, t in named_tensors(tensors, param="tensors").items():
+            if not t.is_floating_point():
+                raise ArgumentError(
+                    f"`tensors[{name!r}]`: expected floating point, found {t.dtype}"
+                )
+            self._data[name] = t.detach().to("cpu", copy=True)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._data[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        n = sum(t.numel() for t in self._data.values())
+        return f"Checkpoint({len(self)} tensors, {n:,} values)"
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(t.shape) for n, t in self._data.items()}
+
+    @classmethod
+    def capture(
+        cls,
+        module_or_weights: Weights,
+        names: Iterable[str] | None = None,
+        *,
+        adapter: NameMap | None = None,
+    ) -> Checkpoint:
+        """Copy the current weights to the CPU: θ0 before training, θi at a rewind step.
+
+        Args:
+            module_or_weights: a module (all floating-point parameters, or the adapter's
+                prunable set) or a mapping of name to tensor.
+            names: capture only these names (every one must exist).
+            adapter: capture the adapter's prunable tensors under their canonical names.
+        """
+        tensors = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
+        tensors = {n: t for n, t in tensors.items() if t.is_floating_point()}
+        if names is not None:
+            names = list(names)
+            check_names(names, tensors, what="`names`", where="the model", exact=False)
+            tensors = {n: tensors[n] for n in names}
+        return cls(tensors)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        rename: Mapping[str, str] | Callable[[str], str | None] | None = None,
+    ) -> Checkpoint:
+        """Weights from another model, e.g. BERT's for the θ0' baseline.
+
+        Args:
+            state_dict: the other model's tensors.
+            rename: a mapping from the other model's names to ours (names not in it are
+                dropped), or a function returning our name or ``None`` to drop the tensor.
+        """
+        if rename is None:
+            picked = dict(state_dict)
+        elif isinstance(rename, Mapping):
+            check_names(rename, state_dict, what="`rename`", where="`state_dict`", exact=False)
+            picked = {new: state_dict[old] for old, new in rename.items()}
+        elif callable(rename):
+            picked = {}
+            for old, t in state_dict.items():
+                new = rename(old)
+                if new is not None:
+                    if new in picked:
+                        raise ArgumentError(f"`rename` maps two tensors to {new!r}")
+                    picked[new] = t
+        else:
+            raise ArgumentError(
+                f"`rename`: expected a mapping or a function, found {type(rename).__name__}"
+            )
+        return cls({n: t for n, t in picked.items() if t.is_floating_point()})
+
+    def restore(
+        self,
+        module_or_weights: Weights,
+        mask: Mask | None = None,
+        *,
+        adapter: NameMap | None = None,
+        strict: bool = False,
+    ) -> None:
+        """Copy the values back into the same parameter objects; with a mask, re-apply it.
+
+        ``restore(model, mask)`` is the IMP rewind. Every name and shape is checked before
+        anything is written. ``strict=True`` also requires the model to have no other
+        floating-point parameters than the checkpoint's.
+        """
+        targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
+        floating = {n: t for n, t in targets.items() if t.is_floating_point()}
+        check_layout(
+            self.shapes(), floating, what="the checkpoint", where="the model", exact=strict
+        )
+        if mask is not None:
+            if not isinstance(mask, Mask):
+                raise ArgumentError(
+                    f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}"
+                )
+            check_layout(mask.shapes(), targets, what="`mask`", where="the model", exact=False)
+        with torch.no_grad():
+            for name, value in self._data.items():
+                targets[name].copy_(value)
+        if mask is not None:
+            mask.apply({n: targets[n] for n in mask})
+
+    def shuffled(self, seed: int | None = None) -> Checkpoint:
+        """The θ0'' baseline: every tensor's values randomly permuted within that tensor."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for name, t in self._data.items():
+            perm = torch.from_numpy(rng.permutation(t.numel()))
+            out[name] = t.reshape(-1)[perm].reshape(t.shape)
+        return Checkpoint(out)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write as safetensors (dtypes kept), atomically."""
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "names": json.dumps(list(self._data)),
+        }
+        _files.save_safetensors({n: t.contiguous() for n, t in self._data.items()}, meta, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Checkpoint:
+        """Read a checkpoint written by :meth:`save` (safetensors only, header validated)."""
+        header, meta = _files.read_header(path)
+        _files.require_format(path, meta, FORMAT, {FORMAT_VERSION})
+        try:
+            names = [str(n) for n in json.loads(meta["names"])]
+        except (KeyError, ValueError, TypeError) as e:
+            raise FileFormatError(f"{str(path)!r}: checkpoint metadata has no valid 'names'") from e
+        if set(names) != set(header) or len(names) != len(header):
+            raise FileFormatError(f"{str(path)!r}: tensors do not match the names in the metadata")
+        for name in names:
+            if header[name]["dtype"] not in _SAFE_DTYPES:
+                raise FileFormatError(
+                    f"{str(path)!r}: tensor {name!r} has dtype {header[name]['dtype']}, "
+                    f"expected one of {sorted(_SAFE_DTYPES)}"
+                )
+        return cls(_files.load_tensors(path, names))
