@@ -184,7 +184,7 @@ def _select_smallest(
     ties_left = k - n_below  # entries equal to t still to prune, in name then index order
     for n in names:
         key = keys(n)
-        keep = key > t
+        keep = key >= t  # ties kept unless among the first `ties_left`
         if n in keeps:
             keep &= keeps[n].reshape(-1)
         if ties_left > 0:
