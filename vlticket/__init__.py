@@ -4,6 +4,8 @@ The core is model-agnostic: a :class:`Mask` over named weights, pure pruning fun
 return new masks, :class:`Checkpoint` snapshots to rewind to, and mask-similarity metrics.
 """
 
+from . import adapters
+from .adapters import adapter_for
 from .attach import MaskHandle
 from .errors import (
     ArgumentError,
@@ -31,6 +33,8 @@ __all__ = [
     "ShapeMismatchError",
     "VlticketError",
     "__version__",
+    "adapter_for",
+    "adapters",
     "iou",
     "iou_matrix",
     "layer_iou",

@@ -1,0 +1,265 @@
+"""The Adapter: a declared table that names a model family's prunable weights canonically.
+
+A model name is turned into a canonical name in three steps: the wrapper/head prefix is
+stripped (``lxmert.``, ``vilt.``, ``uniter.``, ``lxrt_encoder.model.bert.``, ``module.`` ...),
+an optional rename maps another code base's names onto the family's canonical ones, and the
+result is kept if a :class:`Part` of the table selects it. Canonical names therefore do not depend
+on the task head, so a mask found on one head applies unchanged to every other head.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._named import _preview
+from ..errors import ArgumentError, NameMismatchError
+
+OPTIONS = ("embeddings", "pooler", "visual_projection")
+PARTITIONS = ("stream", "layer", "component")
+
+
+class UnknownModelError(NameMismatchError):
+    """No adapter recognises a model (or the chosen adapter does not fit it)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One row of an adapter's table: canonical names that form one kind of weight.
+
+    Args:
+        pattern: regex, matched with ``re.fullmatch`` against canonical names; the named group
+            ``n`` (if any) is the layer index used in ``layer``.
+        stream: ``"language"``, ``"vision"``, ``"cross"`` (single-stream layers see both
+            modalities, so they are ``cross``) or ``"pooler"``.
+        layer: group name per layer, a template such as ``"language.layer.{n}"``.
+        component: ``"attention"``, ``"cross_attention"``, ``"ffn"``, ``"embeddings"``,
+            ``"projection"`` or ``"pooler"``.
+        option: ``"layers"`` (always pruned) or the option that adds it: ``"embeddings"``,
+            ``"pooler"``, ``"visual_projection"``.
+    """
+
+    pattern: str
+    stream: str
+    layer: str
+    component: str
+    option: str = "layers"
+
+    def group(self, by: str, match: re.Match) -> str:
+        if by == "layer":
+            return self.layer.format(**match.groupdict())
+        return getattr(self, by)
+
+
+def _layers(where: str, stream: str, *blocks: tuple[str, str]) -> tuple[Part, ...]:
+    """Parts for the weight matrices of layers ``{where}.{n}.``; blocks: (suffix, component)."""
+    head = re.escape(where) + r"\.(?P<n>\d+)\."
+    return tuple(
+        Part(head + suffix + r"\.weight", stream, f"{stream}.layer.{{n}}", component)
+        for suffix, component in blocks
+    )
+
+
+# The six weight matrices of a BERT layer, as (suffix regex, component).
+BERT_LAYER = (
+    (r"attention\.self\.(query|key|value)", "attention"),
+    (r"attention\.output\.dense", "attention"),
+    (r"intermediate\.dense", "ffn"),
+    (r"output\.dense", "ffn"),
+)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Canonical names, the default prunable set and groups of one model family in one form.
+
+    Built from a table, not code: see :class:`Part`. Options add embeddings, the pooler or the
+    visual feature projection to the prunable set; they never change canonical names.
+
+    Args:
+        name: registry name, e.g. ``"lxmert"``.
+        prefix: regex of the wrapper/head prefixes stripped from model names.
+        signature: regexes (on stripped names) that every model of this family and form has.
+        parts: the table of canonical names, groups and options.
+        rename: ``(regex, template)`` pairs mapping stripped names of this form to canonical
+            names (``re.Match.expand`` templates); names matching none are kept as they are.
+        options: options switched on, a subset of ``("embeddings", "pooler",
+            "visual_projection")``.
+        description: one line shown in listings and errors.
+
+    Example:
+        >>> import vlticket.adapters as adapters
+        >>> a = adapters.get("uniter")
+        >>> a.canonical("uniter.encoder.layer.3.attention.self.query.weight")
+        'encoder.layer.3.attention.self.query.weight'
+        >>> a.canonical("vqa_output.0.weight") is None
+        True
+    """
+
+    name: str
+    prefix: str
+    signature: tuple[str, ...]
+    parts: tuple[Part, ...]
+    rename: tuple[tuple[str, str], ...] = ()
+    options: frozenset[str] = frozenset()
+    description: str = ""
+    _compiled: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bad = set(self.options) - set(OPTIONS)
+        if bad:
+            raise ArgumentError(f"`options`: unknown {sorted(bad)}, expected some of {OPTIONS}")
+        compiled = (
+            re.compile(f"(?P<_prefix>{self.prefix})(?P<_rest>.*)"),
+            tuple(re.compile(s) for s in self.signature),
+            tuple((re.compile(p), t) for p, t in self.rename),
+            tuple((re.compile(p.pattern), p) for p in self.parts),
+        )
+        object.__setattr__(self, "_compiled", compiled)
+
+    def with_options(
+        self, *, embeddings: bool = False, pooler: bool = False, visual_projection: bool = False
+    ) -> Adapter:
+        """The same adapter with optional weights added to the prunable set.
+
+        Args:
+            embeddings: word, position, token-type (and image position / type) embeddings.
+            pooler: the pooler's dense weight.
+            visual_projection: LXMERT's ``visn_fc``/``box_fc``, ViLT's patch projection,
+                UNITER's ``img_linear``/``pos_linear``.
+        """
+        flags = {"embeddings": embeddings, "pooler": pooler, "visual_projection": visual_projection}
+        return replace(self, options=frozenset(k for k, v in flags.items() if v))
+
+    # -- names ------------------------------------------------------------------------------
+    def _split(self, name: str) -> tuple[str, str]:
+        m = self._compiled[0].fullmatch(name)
+        return m["_prefix"], m["_rest"]
+
+    def _part(self, canonical: str) -> tuple[Part, re.Match] | None:
+        for regex, part in self._compiled[3]:
+            m = regex.fullmatch(canonical)
+            if m:
+                return part, m
+        return None
+
+    def _to_canonical(self, rest: str) -> str:
+        for regex, template in self._compiled[2]:
+            m = regex.fullmatch(rest)
+            if m:
+                return m.expand(template)
+        return rest
+
+    def canonical(self, name: str) -> str | None:
+        """The canonical name of one model name, or ``None`` if it is not prunable here."""
+        canon = self._to_canonical(self._split(name)[1])
+        found = self._part(canon)
+        if found is None or found[0].option not in {"layers", *self.options}:
+            return None
+        return canon
+
+    def matches(self, names: Iterable[str]) -> bool:
+        """Whether these model names look like this family and form (every signature found)."""
+        rests = {self._split(n)[1] for n in names}
+        return all(any(s.fullmatch(r) for r in rests) for s in self._compiled[1])
+
+    def names(self, model_or_names: nn.Module | Mapping[str, Any] | Iterable[str]) -> dict:
+        """``{canonical name: model name}`` of the prunable weights, in the model's order.
+
+        Raises :class:`UnknownModelError` if the names do not look like this family, and
+        :class:`~vlticket.errors.NameMismatchError` if they hold two backbones.
+        """
+        names = list(_model_names(model_or_names))
+        if not self.matches(names):
+            raise UnknownModelError(
+                f"the model does not look like {self.name!r}: expected names matching "
+                f"{list(self.signature)} after the prefix /{self.prefix}/, found "
+                f"{_preview(names)}; try vlticket.adapters.adapter_for(model)"
+            )
+        out: dict[str, str] = {}
+        prefixes: dict[str, str] = {}
+        for name in names:
+            canon = self.canonical(name)
+            if canon is None:
+                continue
+            if canon in out:
+                raise NameMismatchError(
+                    f"{self.name!r}: {out[canon]!r} and {name!r} both map to canonical name "
+                    f"{canon!r}; does the model hold two backbones? Give the adapter one of them"
+                )
+            out[canon] = name
+            prefixes.setdefault(self._split(name)[0], name)
+        if len(prefixes) > 1:
+            raise NameMismatchError(
+                f"{self.name!r}: prunable weights under several prefixes "
+                f"{sorted(prefixes)} (e.g. {sorted(prefixes.values())}); give the adapter "
+                "one backbone"
+            )
+        return out
+
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """``{canonical name: the model's own Parameter}``: what the core masks and rewinds.
+
+        Example:
+            >>> params = adapter.prunable(model)                       # doctest: +SKIP
+            >>> mask = vlticket.prune_magnitude(params, sparsity=0.5)  # doctest: +SKIP
+        """
+        if not isinstance(model, nn.Module):
+            raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+        params = dict(model.named_parameters())
+        return {canon: params[name] for canon, name in self.names(params).items()}
+
+    # -- groups -----------------------------------------------------------------------------
+    def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
+        """Canonical names grouped for per-component sparsity and IoU.
+
+        Args:
+            names: canonical names, e.g. ``list(mask)``.
+            by: ``"stream"`` (language / vision / cross / pooler), ``"layer"`` (e.g.
+                ``language.layer.0`` or ``cross.layer.3``) or ``"component"`` (attention /
+                cross_attention / ffn / embeddings / projection / pooler). Each is a partition:
+                every name is in exactly one group (``"other"`` for names outside the table).
+                ``None`` gives all three partitions in one dict.
+
+        Example:
+            >>> g = vlticket.adapters.get("lxmert").groups(list(mask))     # doctest: +SKIP
+            >>> vlticket.adapters.group_sparsity(mask, g)["vision"]         # doctest: +SKIP
+        """
+        return _grouped(names, by, self._group_of)
+
+    def _group_of(self, name: str, by: str) -> str:
+        found = self._part(name)
+        return "other" if found is None else found[0].group(by, found[1])
+
+    def __repr__(self) -> str:
+        opts = f", options={sorted(self.options)}" if self.options else ""
+        return f"Adapter({self.name!r}{opts})"
+
+
+def _grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[str]]:
+    if by is not None and by not in PARTITIONS:
+        raise ArgumentError(f"`by`: expected one of {PARTITIONS} or None, found {by!r}")
+    names = list(names)
+    out: dict[str, dict[str, None]] = {}  # dicts as ordered sets: by=None merges partitions
+    for partition in PARTITIONS if by is None else (by,):
+        for name in names:
+            out.setdefault(group_of(name, partition), {})[name] = None
+    return {g: list(members) for g, members in out.items()}
+
+
+def _model_names(source: Any) -> Iterable[str]:
+    if isinstance(source, nn.Module):
+        return (n for n, _ in source.named_parameters())
+    if isinstance(source, Mapping):
+        return iter(source.keys())
+    if isinstance(source, (str, bytes, torch.Tensor)) or not isinstance(source, Iterable):
+        raise ArgumentError(
+            "`model_or_names`: expected an nn.Module, a state dict or a list of names, "
+            f"found {type(source).__name__}"
+        )
+    return iter(source)

@@ -1,0 +1,94 @@
+"""The θ0' baseline: BERT's weights placed on the language layers of a V+L model.
+
+BERT layer ``N`` goes to the V+L model's language layer ``N`` (UNITER and ViLT: its ``N``-th
+single-stream layer; LXMERT: ``encoder.layer.N``, its language encoder) with the same shapes.
+Only weight matrices are mapped (plus the text embeddings on request): biases and layer norms
+stay the model's own, like every other weight outside the prunable set.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .._named import check_shapes
+from ..errors import ArgumentError, NameMismatchError
+
+# BERT name inside one layer -> the family's canonical name inside its language layer N.
+_LAYER_SUFFIXES = {
+    "attention.self.query.weight": "attention.self.query.weight",
+    "attention.self.key.weight": "attention.self.key.weight",
+    "attention.self.value.weight": "attention.self.value.weight",
+    "attention.output.dense.weight": "attention.output.dense.weight",
+    "intermediate.dense.weight": "intermediate.dense.weight",
+    "output.dense.weight": "output.dense.weight",
+}
+_VILT_SUFFIXES = {
+    k: v.replace("attention.self.", "attention.attention.") for k, v in _LAYER_SUFFIXES.items()
+}
+_TARGETS = {
+    "uniter": ("encoder.layer.{n}.", _LAYER_SUFFIXES, "embeddings."),
+    "lxmert": ("encoder.layer.{n}.", _LAYER_SUFFIXES, "embeddings."),
+    "vilt": ("encoder.layer.{n}.", _VILT_SUFFIXES, "embeddings.text_embeddings."),
+}
+_BERT_NAME = re.compile(
+    r"(?:module\.)?(?:bert\.)?(?:encoder\.layer\.(?P<n>\d+)\.(?P<layer>.+)|embeddings\.(?P<emb>"
+    r"(?:word|position|token_type)_embeddings\.weight))"
+)
+
+
+def bert_to_vl(
+    bert_state_dict: Mapping[str, torch.Tensor],
+    target: str | nn.Module,
+    *,
+    embeddings: bool = False,
+) -> dict[str, torch.Tensor]:
+    """BERT's weight matrices under a V+L family's canonical names, for the θ0' baseline.
+
+    Args:
+        bert_state_dict: a ``BertModel`` (or ``Bert*`` head, ``bert.`` prefix) state dict.
+        target: ``"uniter"``, ``"lxmert"`` or ``"vilt"``; or the V+L model itself, which
+            also keeps only the layers the model has (LXMERT has fewer language layers than
+            BERT has layers) and checks every shape.
+        embeddings: also map the word, position and token-type embeddings.
+
+    Example:
+        >>> theta0p = vlticket.Checkpoint(bert_to_vl(bert.state_dict(), model))  # doctest: +SKIP
+        >>> adapter = vlticket.adapters.adapter_for(model)         # doctest: +SKIP
+        >>> theta0p.restore(model, mask, adapter=adapter)           # doctest: +SKIP
+    """
+    from . import adapter_for  # the registry imports this module
+
+    model = None
+    if isinstance(target, nn.Module):
+        model, adapter = target, adapter_for(target, embeddings=embeddings)
+        family = adapter.name
+    else:
+        family = target
+    if family not in _TARGETS:
+        raise ArgumentError(
+            f"`target`: BERT weights map onto {sorted(_TARGETS)}, found {family!r}"
+        )
+    layer, suffixes, emb_prefix = _TARGETS[family]
+    out = {}
+    for name, t in bert_state_dict.items():
+        m = _BERT_NAME.fullmatch(name)
+        if m is None:
+            continue
+        if m["layer"] in suffixes:
+            out[layer.format(n=m["n"]) + suffixes[m["layer"]]] = t
+        elif m["emb"] and embeddings:
+            out[emb_prefix + m["emb"]] = t
+    if not out:
+        raise NameMismatchError(
+            "`bert_state_dict` has no BERT layer weights such as "
+            "'encoder.layer.0.attention.self.query.weight' (with or without a 'bert.' prefix)"
+        )
+    if model is not None:
+        own = adapter.prunable(model)
+        out = {n: t for n, t in out.items() if n in own}
+        check_shapes({n: t.shape for n, t in out.items()}, own, what="BERT", where="the model")
+    return out

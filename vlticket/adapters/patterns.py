@@ -1,0 +1,106 @@
+"""PatternAdapter: prunable weights of any ``nn.Module`` chosen by name patterns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .._named import _preview
+from ..errors import ArgumentError, NameMismatchError
+from .base import UnknownModelError, _grouped, _model_names
+
+
+@dataclass(frozen=True)
+class PatternAdapter:
+    """An adapter for any ``nn.Module`` from name patterns, in the spirit of peft's
+    ``target_modules``: a parameter is prunable if its name fully matches one ``include``
+    regex and no ``exclude`` regex. Canonical names are the names without ``strip``.
+
+    Args:
+        include: regexes matched with ``re.fullmatch``; each must match at least one parameter.
+        exclude: regexes removing parameters again (e.g. a task head).
+        strip: regex of a prefix removed from the front of names (e.g. ``r"model\\."``).
+        name: registry name.
+
+    Example:
+        >>> import torch, vlticket.adapters as adapters
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> a = adapters.PatternAdapter(include=[r".*\\.weight"], exclude=[r"1\\..*"])
+        >>> list(a.prunable(model))
+        ['0.weight']
+    """
+
+    include: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    strip: str = ""
+    name: str = "patterns"
+
+    def __post_init__(self) -> None:
+        for param in ("include", "exclude"):
+            value = getattr(self, param)
+            if isinstance(value, str):
+                raise ArgumentError(f"`{param}`: expected a list of regexes, found a str {value!r}")
+            object.__setattr__(self, param, tuple(value))
+            for p in getattr(self, param):
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise ArgumentError(f"`{param}`: {p!r} is not a valid regex: {e}") from e
+        if not self.include:
+            raise ArgumentError("`include`: give at least one regex, e.g. [r'.*\\.weight']")
+
+    def matches(self, names: Iterable[str]) -> bool:
+        names = list(names)
+        return all(any(re.fullmatch(p, n) for n in names) for p in self.include)
+
+    def canonical(self, name: str) -> str | None:
+        if not any(re.fullmatch(p, name) for p in self.include):
+            return None
+        if any(re.fullmatch(p, name) for p in self.exclude):
+            return None
+        return re.sub(f"^(?:{self.strip})", "", name, count=1) if self.strip else name
+
+    def names(self, model_or_names: nn.Module | Mapping[str, Any] | Iterable[str]) -> dict:
+        names = list(_model_names(model_or_names))
+        unmatched = [p for p in self.include if not any(re.fullmatch(p, n) for n in names)]
+        if unmatched:
+            raise UnknownModelError(
+                f"include patterns {unmatched} match no parameter (patterns are matched with "
+                f"re.fullmatch against the whole name); the model has {_preview(names)}"
+            )
+        out: dict[str, str] = {}
+        for name in names:
+            canon = self.canonical(name)
+            if canon is not None:
+                if canon in out:
+                    raise NameMismatchError(
+                        f"`strip`={self.strip!r} maps {out[canon]!r} and {name!r} to {canon!r}"
+                    )
+                out[canon] = name
+        if not out:
+            raise UnknownModelError(
+                f"include {list(self.include)} minus exclude {list(self.exclude)} leaves no "
+                "parameter to prune"
+            )
+        return out
+
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        if not isinstance(model, nn.Module):
+            raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+        params = dict(model.named_parameters())
+        return {canon: params[name] for canon, name in self.names(params).items()}
+
+    def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
+        """Groups by the first integer in the name (``layer.N``); other names go to ``other``."""
+        return _grouped(names, by, _numbered_group)
+
+
+def _numbered_group(name: str, by: str) -> str:
+    if by != "layer":
+        return "all"
+    m = re.search(r"(?:^|\.)(\d+)\.", name)
+    return f"layer.{m[1]}" if m else "other"

@@ -1,0 +1,33 @@
+"""UNITER (original code base): single-stream, BERT layers under ``uniter.encoder.layer.N``.
+
+Canonical names are the names inside ``UniterModel``, e.g.
+``encoder.layer.0.attention.self.query.weight``; the ``uniter.`` (task heads such as
+``vqa_output``, ``itm_output``, ``rank_output``, ``nlvr2_output``) and ``module.`` prefixes are
+stripped. Every layer sees both modalities, so all layers are in the ``cross`` stream.
+"""
+
+from __future__ import annotations
+
+from .base import BERT_LAYER, Adapter, Part, _layers
+
+PARTS = (
+    *_layers("encoder.layer", "cross", *BERT_LAYER),
+    Part(r"embeddings\.(word|position|token_type)_embeddings\.weight",
+         "language", "embeddings", "embeddings", "embeddings"),
+    Part(r"img_embeddings\.mask_embedding\.weight",
+         "vision", "embeddings", "embeddings", "embeddings"),
+    Part(r"img_embeddings\.(img_linear|pos_linear)\.weight",
+         "vision", "projection", "projection", "visual_projection"),
+    Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
+)
+
+UNITER = Adapter(
+    name="uniter",
+    prefix=r"(?:module\.)?(?:uniter\.)?",
+    signature=(
+        r"img_embeddings\.img_linear\.weight",
+        r"encoder\.layer\.\d+\.attention\.self\.query\.weight",
+    ),
+    parts=PARTS,
+    description="UNITER original code base (UniterModel under `uniter.`)",
+)

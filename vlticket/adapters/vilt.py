@@ -1,0 +1,203 @@
+"""ViLT in two forms: transformers' ``Vilt*`` models and the original (timm-style) code base.
+
+Canonical names are transformers' ``ViltModel`` names, e.g.
+``encoder.layer.0.attention.attention.query.weight``, for both forms. The one exception is the
+original fused attention input ``transformer.blocks.N.attn.qkv.weight``: a mask or hook needs a
+leaf tensor, and q, k and v are rows of one tensor there, so its canonical name is
+``encoder.layer.N.attention.attention.qkv.weight``. :func:`to_transformers` splits it (rows
+``0:H``, ``H:2H``, ``2H:3H`` are query, key, value) and :func:`to_original` fuses it back, for
+masks, checkpoints and plain mappings alike. Prefixes ``vilt.`` and ``module.`` are stripped.
+Whole state dicts convert with :func:`state_dict_to_transformers` / :func:`state_dict_to_original`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TypeVar
+
+import torch
+
+from ..errors import NameMismatchError, ShapeMismatchError
+from ..masks import Mask
+from ..rewind import Checkpoint
+from .base import Adapter, Part, _layers
+
+_LAYER = (
+    (r"attention\.attention\.(query|key|value|qkv)", "attention"),
+    (r"attention\.output\.dense", "attention"),
+    (r"intermediate\.dense", "ffn"),
+    (r"output\.dense", "ffn"),
+)
+
+PARTS = (
+    *_layers("encoder.layer", "cross", *_LAYER),
+    Part(r"embeddings\.text_embeddings\.(word|position|token_type)_embeddings\.weight",
+         "language", "embeddings", "embeddings", "embeddings"),
+    Part(r"embeddings\.(cls_token|position_embeddings)",
+         "vision", "embeddings", "embeddings", "embeddings"),
+    Part(r"embeddings\.token_type_embeddings\.weight",
+         "cross", "embeddings", "embeddings", "embeddings"),
+    Part(r"embeddings\.patch_embeddings\.projection\.weight",
+         "vision", "projection", "projection", "visual_projection"),
+    Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
+)
+
+VILT = Adapter(
+    name="vilt",
+    prefix=r"(?:module\.)?(?:vilt\.)?",
+    signature=(  # text embeddings tell ViLT from transformers' ViT, which shares the layers
+        r"encoder\.layer\.\d+\.attention\.attention\.query\.weight",
+        r"embeddings\.text_embeddings\.word_embeddings\.weight",
+    ),
+    parts=PARTS,
+    description="ViLT: transformers ViltModel / ViltFor* (canonical names = ViltModel's)",
+)
+
+_BLOCK = r"transformer\.blocks\.(?P<n>\d+)\."
+VILT_ORIGINAL = Adapter(
+    name="vilt-original",
+    prefix=r"(?:module\.)?",
+    signature=(_BLOCK + r"attn\.qkv\.weight", r"text_embeddings\.word_embeddings\.weight"),
+    parts=PARTS,
+    rename=(
+        (_BLOCK + r"attn\.qkv\.weight", r"encoder.layer.\g<n>.attention.attention.qkv.weight"),
+        (_BLOCK + r"attn\.proj\.weight", r"encoder.layer.\g<n>.attention.output.dense.weight"),
+        (_BLOCK + r"mlp\.fc1\.weight", r"encoder.layer.\g<n>.intermediate.dense.weight"),
+        (_BLOCK + r"mlp\.fc2\.weight", r"encoder.layer.\g<n>.output.dense.weight"),
+        (r"text_embeddings\.(.*)", r"embeddings.text_embeddings.\1"),
+        (r"token_type_embeddings\.weight", "embeddings.token_type_embeddings.weight"),
+        (r"transformer\.pos_embed", "embeddings.position_embeddings"),
+        (r"transformer\.cls_token", "embeddings.cls_token"),
+        (r"transformer\.patch_embed\.proj\.weight",
+         "embeddings.patch_embeddings.projection.weight"),
+    ),
+    description="ViLT original code base (timm `transformer.blocks.N.attn.qkv`, fused q/k/v)",
+)
+
+_QKV = re.compile(r"(.*\.attention\.attention\.)qkv\.(weight|bias)")
+_SPLIT = re.compile(r"(.*\.attention\.attention\.)(query|key|value)\.(weight|bias)")
+_ORDER = ("query", "key", "value")
+
+T = TypeVar("T", Mask, Checkpoint, dict)
+
+
+def _rebuild(source, tensors: dict[str, torch.Tensor]):
+    if isinstance(source, Mask):
+        return Mask(tensors)
+    if isinstance(source, Checkpoint):
+        return Checkpoint(tensors)
+    return tensors
+
+
+def to_transformers(tensors: T) -> T:
+    """Split each fused ``...attention.attention.qkv.weight`` (and ``.bias``) into query, key
+    and value: rows ``0:H``, ``H:2H``, ``2H:3H``.
+
+    Works on a :class:`~vlticket.Mask`, a :class:`~vlticket.Checkpoint` or a mapping keyed by
+    canonical names, and returns the same kind; other names pass through unchanged.
+
+    Example:
+        >>> mask_hf = vilt.to_transformers(mask_original)   # doctest: +SKIP
+        >>> mask_hf.apply(hf_model, adapter=vlticket.adapters.get("vilt"))   # doctest: +SKIP
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        m = _QKV.fullmatch(name)
+        if m is None:
+            out[name] = t
+            continue
+        if t.dim() not in (1, 2) or t.shape[0] % 3:
+            raise ShapeMismatchError(
+                f"tensor {name!r}: expected a fused q/k/v {m[2]} with 3*H rows, found shape "
+                f"{tuple(t.shape)}"
+            )
+        for part, chunk in zip(_ORDER, t.chunk(3, dim=0), strict=True):
+            out[f"{m[1]}{part}.{m[2]}"] = chunk.clone()
+    return _rebuild(tensors, out)
+
+
+def to_original(tensors: T) -> T:
+    """Fuse each layer's query, key and value back into ``...attention.attention.qkv.*``.
+
+    The inverse of :func:`to_transformers`; a layer with only some of the three raises
+    :class:`~vlticket.errors.NameMismatchError`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        m = _SPLIT.fullmatch(name)
+        if m is None:
+            out[name] = t
+            continue
+        key = (m[1], m[3])
+        pending.setdefault(key, {})[m[2]] = t
+        if len(pending[key]) == 3:
+            parts = pending.pop(key)
+            out[f"{m[1]}qkv.{m[3]}"] = torch.cat([parts[p] for p in _ORDER])
+    if pending:
+        (layer, kind), have = next(iter(pending.items()))
+        raise NameMismatchError(
+            f"{layer}qkv.{kind} needs query, key and value; found only {sorted(have)}"
+        )
+    return _rebuild(tensors, out)
+
+
+# Whole state dicts (biases, norms and the VQA head too): original name <-> transformers name.
+_STATE_DICT_NAMES = (
+    ("transformer.blocks.{n}.norm1.{p}", "vilt.encoder.layer.{n}.layernorm_before.{p}"),
+    ("transformer.blocks.{n}.attn.qkv.{p}", "vilt.encoder.layer.{n}.attention.attention.qkv.{p}"),
+    ("transformer.blocks.{n}.attn.proj.{p}", "vilt.encoder.layer.{n}.attention.output.dense.{p}"),
+    ("transformer.blocks.{n}.norm2.{p}", "vilt.encoder.layer.{n}.layernorm_after.{p}"),
+    ("transformer.blocks.{n}.mlp.fc1.{p}", "vilt.encoder.layer.{n}.intermediate.dense.{p}"),
+    ("transformer.blocks.{n}.mlp.fc2.{p}", "vilt.encoder.layer.{n}.output.dense.{p}"),
+    ("transformer.norm.{p}", "vilt.layernorm.{p}"),
+    ("transformer.patch_embed.proj.{p}", "vilt.embeddings.patch_embeddings.projection.{p}"),
+    ("transformer.cls_token", "vilt.embeddings.cls_token"),
+    ("transformer.pos_embed", "vilt.embeddings.position_embeddings"),
+    ("text_embeddings.{p}", "vilt.embeddings.text_embeddings.{p}"),
+    ("token_type_embeddings.{p}", "vilt.embeddings.token_type_embeddings.{p}"),
+    ("pooler.{p}", "vilt.pooler.{p}"),
+    ("vqa_classifier.{p}", "classifier.{p}"),
+)
+
+
+def _template_regex(template: str) -> re.Pattern:
+    regex = re.escape(template).replace(r"\{n\}", r"(?P<n>\d+)").replace(r"\{p\}", "(?P<p>.+)")
+    return re.compile(regex)
+
+
+_TO_HF = tuple((_template_regex(o), h) for o, h in _STATE_DICT_NAMES)
+_TO_ORIGINAL = tuple((_template_regex(h), o) for o, h in _STATE_DICT_NAMES)
+
+
+def _renamed(state_dict, table) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in state_dict.items():
+        if name.endswith("position_ids"):  # a buffer, recomputed by both code bases
+            continue
+        for regex, template in table:
+            m = regex.fullmatch(name)
+            if m:
+                name = template.format(**m.groupdict())
+                break
+        out[name] = t
+    return out
+
+
+def state_dict_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """An original ViLT state dict under transformers' ``ViltFor*`` names, q/k/v split.
+
+    The VQA head ``vqa_classifier.*`` becomes ``classifier.*``; names outside the backbone and
+    that head pass through unchanged, so ``load_state_dict(..., strict=True)`` reports them.
+
+    Example:
+        >>> sd = vilt.state_dict_to_transformers(original.state_dict())  # doctest: +SKIP
+        >>> hf.load_state_dict(sd)                                        # doctest: +SKIP
+    """
+    return to_transformers(_renamed(state_dict, _TO_HF))
+
+
+def state_dict_to_original(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """A transformers ``ViltFor*`` state dict under the original ViLT names, q/k/v fused."""
+    return _renamed(to_original(dict(state_dict)), _TO_ORIGINAL)
