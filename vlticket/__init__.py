@@ -4,7 +4,7 @@ The core is model-agnostic: a :class:`Mask` over named weights, pure pruning fun
 return new masks, :class:`Checkpoint` snapshots to rewind to, and mask-similarity metrics.
 """
 
-from . import adapters
+from . import adapters, hub
 from .adapters import adapter_for
 from .attach import MaskHandle
 from .errors import (
@@ -15,6 +15,7 @@ from .errors import (
     ShapeMismatchError,
     VlticketError,
 )
+from .hub import Ticket, load_ticket
 from .masks import Mask
 from .metrics import iou, iou_matrix, layer_iou, mask_distance
 from .pruning import prune_magnitude, prune_random
@@ -31,13 +32,16 @@ __all__ = [
     "MismatchError",
     "NameMismatchError",
     "ShapeMismatchError",
+    "Ticket",
     "VlticketError",
     "__version__",
     "adapter_for",
     "adapters",
+    "hub",
     "iou",
     "iou_matrix",
     "layer_iou",
+    "load_ticket",
     "mask_distance",
     "prune_magnitude",
     "prune_random",

@@ -277,6 +277,28 @@ class Mask(MutableMapping[str, torch.Tensor]):
         """The string metadata of a mask file, without reading its tensors."""
         return _files.read_header(path)[1]
 
+    # -- Hugging Face Hub (see vlticket.hub) --------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, **card_info: Any) -> os.PathLike:
+        """Write a ticket folder (mask, config, card); see :func:`vlticket.hub.save_pretrained`."""
+        from . import hub
+
+        return hub.save_pretrained(self, save_directory, **card_info)
+
+    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
+        """Upload as a ticket repo in one commit; see :func:`vlticket.hub.push_to_hub`."""
+        from . import hub
+
+        return hub.push_to_hub(self, repo_id, **kw)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_dir: str | os.PathLike, revision: str | None = None, **kw: Any
+    ) -> Mask:
+        """Load from a ticket folder or Hub repo; see :func:`vlticket.hub.from_pretrained`."""
+        from . import hub
+
+        return hub.from_pretrained(repo_id_or_dir, revision=revision, **kw)
+
 
 def _prunable(weights: Weights, adapter: NameMap | None) -> dict[str, torch.Tensor]:
     """The tensors a mask covers by default: the adapter's set, or 2-D+ float parameters."""

@@ -1,0 +1,187 @@
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+from hub_server import hub, hub_env  # noqa: F401  (pytest fixture)
+
+import vlticket
+from vlticket.cli import main
+
+
+@pytest.fixture
+def tickets(tmp_path, tiny_net):
+    """Two ticket folders (IMP at 50% and 70%) and a bare random mask file."""
+    a = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    b = vlticket.prune_magnitude(tiny_net, sparsity=0.7)
+    c = vlticket.prune_random(tiny_net, sparsity=0.5, seed=0)
+    a.save_pretrained(tmp_path / "a", base_model="org/tiny", method="imp", task="vqa")
+    b.save_pretrained(tmp_path / "b", base_model="org/tiny", method="imp", task="nlvr2")
+    c.save(tmp_path / "c.safetensors")
+    return {str(tmp_path / "a"): a, str(tmp_path / "b"): b, str(tmp_path / "c.safetensors"): c}
+
+
+def test_inspect_prints_overall_group_and_tensor_tables(tickets, capsys):
+    path, mask = next(iter(tickets.items()))
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "base model: org/tiny" in out and "method=imp" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["all"] == [f"{mask.numel:,}", f"{mask.num_kept:,}", f"{mask.sparsity:.4f}"]
+    assert rows["fc2.weight"][0] == "16x16"
+    assert f"{mask.layer_sparsity()['fc2.weight']:.4f}" in out
+
+
+def test_inspect_json(tickets, capsys):
+    path, mask = next(iter(tickets.items()))
+    assert main(["inspect", path, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["overall"]["sparsity"] == pytest.approx(mask.sparsity)
+    assert report["layers"]["fc1.weight"]["shape"] == [16, 8]
+    assert set(report["groups"]) == {"emb", "fc1", "fc2", "head"}
+    assert report["config"]["task"] == "vqa"
+
+
+def test_inspect_a_bare_mask_file(tickets, capsys):
+    path = next(p for p in tickets if p.endswith(".safetensors"))
+    assert main(["inspect", path]) == 0
+    assert "without a ticket config" in capsys.readouterr().out
+
+
+def test_iou_matrix_json_matches_library(tickets, capsys):
+    paths = list(tickets)
+    assert main(["iou", *paths, "--json", "--groups"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["masks"] == paths
+    masks = list(tickets.values())
+    assert out["iou"]["all"][0][1] == pytest.approx(vlticket.iou(masks[0], masks[1]))
+    assert out["iou"]["all"][1][1] == 1.0
+    fc1 = [vlticket.Mask({"fc1.weight": m["fc1.weight"]}) for m in masks]
+    assert out["iou"]["fc1"][0][2] == pytest.approx(vlticket.iou(fc1[0], fc1[2]))
+
+
+def test_iou_table(tickets, capsys):
+    assert main(["iou", *tickets]) == 0
+    out = capsys.readouterr().out
+    assert "IoU (all)" in out and "[2]" in out and "1.0000" in out
+
+
+def test_iou_plot_writes_a_png(tickets, tmp_path):
+    png = tmp_path / "iou.png"
+    assert main(["iou", *tickets, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_iou_plot_without_matplotlib_says_which_extra(tickets, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["iou", *tickets, "--plot", str(tmp_path / "x.png")]) == 1
+    assert "vlticket[plot]" in capsys.readouterr().err
+
+
+def test_iou_of_masks_for_different_models_fails_cleanly(tickets, tmp_path, capsys):
+    other = vlticket.Mask({"w": torch.ones(3, dtype=torch.bool)})
+    other.save(tmp_path / "other.safetensors")
+    assert main(["iou", next(iter(tickets)), str(tmp_path / "other.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vlticket iou: error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, code, message",
+    [
+        (["inspect", "no/such/dir/x"], 1, "neither an existing folder nor a Hub repo id"),
+        (["inspect", "missing.safetensors"], 1, "cannot read"),
+        (["iou", "one"], 1, "at least two"),
+        (["inspect"], 2, "required"),
+        (["frobnicate"], 2, "invalid choice"),
+        ([], 2, "usage"),
+    ],
+)
+def test_errors_and_exit_codes(argv, code, message, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_corrupt_file_is_exit_1_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x80\x04K\x01." * 3)  # a pickle
+    assert main(["inspect", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "not a valid safetensors file" in err and "Traceback" not in err
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    assert "inspect" in capsys.readouterr().out
+
+
+# -- demo wiring --------------------------------------------------------------------------------
+def test_demo_missing_does_not_break_other_commands(monkeypatch, tickets, capsys):
+    monkeypatch.setitem(sys.modules, "vlticket.demo", None)
+    assert main(["demo"]) == 1
+    assert "demo is unavailable" in capsys.readouterr().err
+    assert main(["inspect", next(iter(tickets))]) == 0
+
+
+def test_demo_is_delegated(monkeypatch, capsys):
+    seen = {}
+    fake = types.ModuleType("vlticket.demo")
+    fake.__doc__ = "Fake demo."
+    fake.configure_parser = lambda p: p.add_argument("--steps", type=int, default=1)
+    fake.run = lambda args: seen.setdefault("steps", args.steps) and 0
+    monkeypatch.setitem(sys.modules, "vlticket.demo", fake)
+    assert main(["demo", "--steps", "3"]) == 0
+    assert seen == {"steps": 3}
+    assert main(["demo", "--help"]) == 0
+    assert "--steps" in capsys.readouterr().out
+
+
+# -- push / pull end to end -----------------------------------------------------------------------
+def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, capsys):  # noqa: F811
+    path, mask = next(iter(tickets.items()))
+    env = {**os.environ, **hub_env(hub, str(tmp_path / "hf_home_sub"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "vlticket", "push", path, "alice/tiny", "--message", "first"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{hub.url}/alice/tiny/commit/")
+    assert len(hub.commits_posted()) == 1
+
+    assert main(["pull", "alice/tiny", str(tmp_path / "pulled")]) == 0
+    assert vlticket.Mask.from_pretrained(tmp_path / "pulled") == mask
+    capsys.readouterr()
+    assert main(["inspect", "alice/tiny", "--json"]) == 0  # fills this process's cache
+    assert json.loads(capsys.readouterr().out)["overall"]["kept"] == mask.num_kept
+
+    hub.stop()  # a fresh process with HF_HUB_OFFLINE=1 is served from that cache
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vlticket", "inspect", "alice/tiny", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["overall"]["kept"] == mask.num_kept
+
+
+def test_push_a_mask_file_to_a_branch(hub, tickets, capsys):  # noqa: F811
+    path, mask = list(tickets.items())[2]
+    assert main(["push", path, "alice/r", "--revision", "dev"]) == 0
+    assert vlticket.Mask.from_pretrained("alice/r", revision="dev") == mask
+    assert "mask.safetensors" not in hub.files("alice/r", "main")
+
+
+def test_pull_of_a_missing_repo_is_exit_1(hub, tmp_path, capsys):  # noqa: F811
+    assert main(["pull", "alice/none", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "vlticket pull: error:" in err and "Traceback" not in err

@@ -1,0 +1,368 @@
+"""The ``vlticket`` command: inspect, compare, push and pull tickets, and run the demo.
+
+A PATH is a ticket folder (written by ``save_pretrained`` or ``vlticket pull``) or a
+``.safetensors`` mask file; anything else is taken as a Hub repo id.
+
+Exit codes: 0 success; 1 expected failure (unreadable, hostile or mismatching file, Hub or
+network error), reported as one line on stderr without a traceback; 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Example:
+        >>> from vlticket.cli import main
+        >>> main(["inspect", "vilt-vqa-ticket"])  # doctest: +SKIP
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_demo=_command(argv) == "demo")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2): return the code, don't exit
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except _expected_errors() as e:
+        print(f"vlticket {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; the demo's own options are added only when ``with_demo``."""
+    parser = argparse.ArgumentParser(
+        prog="vlticket",
+        description="Inspect, compare, push and pull lottery-ticket masks.",
+        epilog="Exit codes: 0 ok, 1 failure (message on stderr), 2 usage error.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "inspect",
+        help="sparsity overall, per group and per tensor",
+        description="Print the sparsity of a mask overall, per group and per tensor.",
+    )
+    p.add_argument(
+        "source", metavar="PATH_OR_REPO", help="ticket folder, .safetensors mask, or repo id"
+    )
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser(
+        "iou",
+        help="IoU matrix between masks",
+        description="Intersection over union of the weights kept by each pair of masks.",
+    )
+    p.add_argument("sources", metavar="PATH_OR_REPO", nargs="+", help="two or more masks")
+    p.add_argument("--groups", action="store_true", help="also one matrix per group")
+    p.add_argument("--plot", metavar="FILE.png", help="save a heatmap (needs vlticket[plot])")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(run=_iou)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a ticket folder to the Hub",
+        description="Upload a ticket folder (or a .safetensors mask) to a Hub repo in one commit.",
+    )
+    p.add_argument("path", metavar="DIR", help="ticket folder or .safetensors mask file")
+    p.add_argument("repo_id", metavar="REPO_ID", help="e.g. user/vilt-vqa-ticket")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--message", default="Upload vlticket mask", help="commit message")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead")
+    p.add_argument("--token", help="Hub token (default: saved login or HF_TOKEN)")
+    p.set_defaults(run=_push)
+
+    p = sub.add_parser(
+        "pull",
+        help="download a ticket repo into a folder",
+        description="Download a ticket repo's files into DIR and validate them.",
+    )
+    p.add_argument("repo_id", metavar="REPO_ID")
+    p.add_argument("path", metavar="DIR")
+    p.add_argument("--revision", help="branch, tag or commit")
+    p.add_argument("--token", help="Hub token (default: saved login or HF_TOKEN)")
+    p.add_argument("--force-download", action="store_true", help="ignore the cache")
+    p.set_defaults(run=_pull)
+
+    _add_demo(sub, with_demo)
+    return parser
+
+
+# -- demo ---------------------------------------------------------------------------------------
+def _add_demo(sub: Any, with_demo: bool) -> None:
+    help_text = "run the end-to-end demo (vlticket demo --help for its options)"
+    if not with_demo:
+        sub.add_parser("demo", help=help_text, add_help=False)
+        return
+    try:
+        demo = importlib.import_module("vlticket.demo")
+    except ImportError as e:  # e.g. the demo extra is not installed
+        reason = f"the demo is unavailable ({e})"
+        if e.name != "vlticket.demo":
+            reason += "; install its extra: pip install 'vlticket[demo]'"
+        p = sub.add_parser("demo", help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(run=lambda args: _fail(reason))
+        return
+    p = sub.add_parser("demo", help=help_text, description=(demo.__doc__ or "").strip() or None)
+    demo.configure_parser(p)
+    p.set_defaults(run=demo.run)
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _fail(message: str) -> int:
+    print(f"vlticket: error: {message}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _load(source: str, revision: str | None = None) -> tuple[Any, dict | None]:
+    """(mask, ticket config or None) from a folder, a .safetensors file or a Hub repo."""
+    from . import hub
+    from .errors import FileFormatError
+    from .masks import Mask
+
+    path = Path(source)
+    if path.is_file() or source.endswith(".safetensors"):
+        if path.suffix != ".safetensors":
+            raise FileFormatError(f"{source!r}: expected a ticket folder or a .safetensors file")
+        return Mask.load(path), None
+    ticket = hub.load_ticket(source, revision=revision)
+    return ticket.mask, ticket.config
+
+
+def _family(config: dict | None) -> str | None:
+    return ((config or {}).get("adapter") or {}).get("family")
+
+
+# -- inspect ------------------------------------------------------------------------------------
+def _inspect(args: argparse.Namespace) -> int:
+    from .hub import group_sparsity
+
+    mask, config = _load(args.source, args.revision)
+    overall = {"weights": mask.numel, "kept": mask.num_kept, "sparsity": mask.sparsity}
+    groups = group_sparsity(mask, _family(config))
+    layers = {
+        name: {
+            "shape": list(t.shape),
+            "weights": t.numel(),
+            "kept": int(t.count_nonzero()),
+            "sparsity": s,
+        }
+        for (name, t), s in zip(mask.items(), mask.layer_sparsity().values(), strict=True)
+    }
+    if args.json:
+        report = {"source": args.source, "overall": overall, "groups": groups, "layers": layers}
+        if config:
+            report["config"] = {k: config.get(k) for k in _SUMMARY_KEYS}
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"{args.source}")
+    for line in _describe(config):
+        print(f"  {line}")
+    print()
+    rows = [["all", overall["weights"], overall["kept"], overall["sparsity"]]]
+    rows += [[g, s["weights"], s["kept"], s["sparsity"]] for g, s in groups.items()]
+    print(_table(["group", "weights", "kept", "sparsity"], rows))
+    print()
+    rows = [
+        [n, "x".join(map(str, s["shape"])), s["weights"], s["kept"], s["sparsity"]]
+        for n, s in layers.items()
+    ]
+    print(_table(["tensor", "shape", "weights", "kept", "sparsity"], rows))
+    return EXIT_OK
+
+
+_SUMMARY_KEYS = ("base_model", "adapter", "search", "task", "metric", "vlticket_version")
+
+
+def _adapter_text(adapter: dict | None) -> str:
+    if not adapter:
+        return "-"
+    options = adapter.get("options") or []
+    return adapter.get("family", "-") + (f" (options: {', '.join(options)})" if options else "")
+
+
+def _describe(config: dict | None) -> list[str]:
+    if not config:
+        return ["(mask file without a ticket config)"]
+    base = config.get("base_model") or {}
+    search = {k: v for k, v in (config.get("search") or {}).items() if v is not None}
+    metric = {k: v for k, v in (config.get("metric") or {}).items() if v is not None}
+    lines = [
+        f"base model: {base.get('id') or '-'}"
+        + (f" @ {base['revision']}" if base.get("revision") else ""),
+        f"adapter: {_adapter_text(config.get('adapter'))}",
+        "found by: " + (", ".join(f"{k}={v}" for k, v in search.items()) or "-"),
+    ]
+    if config.get("task") or metric:
+        parts = [f"task: {config.get('task') or '-'}", *(f"{k}={v}" for k, v in metric.items())]
+        lines.append("  ".join(parts))
+    return lines
+
+
+# -- iou ----------------------------------------------------------------------------------------
+def _iou(args: argparse.Namespace) -> int:
+    from .hub import mask_groups
+    from .masks import Mask
+    from .metrics import iou_matrix
+
+    if len(args.sources) < 2:
+        return _fail("iou needs at least two masks")
+    if len(set(args.sources)) != len(args.sources):
+        return _fail("iou: the same mask is given twice")
+    loaded = [_load(s) for s in args.sources]
+    masks = {s: m for s, (m, _) in zip(args.sources, loaded, strict=True)}
+    names, overall = iou_matrix(masks)
+    matrices = {"all": overall}
+    if args.groups:
+        first = masks[names[0]]
+        for group, members in mask_groups(list(first), _family(loaded[0][1])).items():
+            sub = {k: Mask({n: m[n] for n in members}) for k, m in masks.items()}
+            matrices[group] = iou_matrix(sub)[1]
+    if args.plot:
+        _plot(names, overall, args.plot)
+    if args.json:
+        out = {"masks": names, "iou": {g: m.tolist() for g, m in matrices.items()}}
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    labels = [f"[{i}]" for i in range(len(names))]
+    for i, name in enumerate(names):
+        print(f"{labels[i]} {name}")
+    for group, matrix in matrices.items():
+        print(f"\nIoU ({group})")
+        rows = [[labels[i], *matrix[i].tolist()] for i in range(len(names))]
+        print(_table(["", *labels], rows))
+    return EXIT_OK
+
+
+def _plot(names: list[str], matrix: Any, path: str) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        from .errors import ArgumentError
+
+        raise ArgumentError("--plot needs matplotlib: pip install 'vlticket[plot]'") from e
+    n = len(names)
+    fig = Figure(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
+    labels = [Path(s).name or s for s in names]
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    for i in range(n):
+        for j in range(n):
+            value = float(matrix[i, j])
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                color="black" if value > 0.6 else "white",
+            )
+    fig.colorbar(image, ax=ax, label="IoU of kept weights")
+    ax.set_title("Mask similarity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# -- push / pull --------------------------------------------------------------------------------
+def _push(args: argparse.Namespace) -> int:
+    from . import hub
+    from .errors import ArgumentError
+
+    path = Path(args.path)
+    options = dict(
+        commit_message=args.message,
+        private=args.private or None,
+        token=args.token,
+        revision=args.revision,
+        create_pr=args.create_pr,
+    )
+    if path.is_dir():
+        url = hub.push_folder(path, args.repo_id, **options)
+    elif path.is_file():
+        mask, _ = _load(args.path)
+        url = hub.push_to_hub(mask, args.repo_id, **options)
+    else:
+        raise ArgumentError(f"DIR: {args.path!r} is neither a ticket folder nor a mask file")
+    print(url)
+    return EXIT_OK
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from . import hub
+
+    folder = hub.download_ticket(
+        args.repo_id,
+        args.path,
+        revision=args.revision,
+        token=args.token,
+        force_download=args.force_download,
+    )
+    print(folder)
+    return EXIT_OK
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [headers] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(not isinstance(r[i], str) for r in rows) and i > 0 for i in range(len(headers))]
+    lines = []
+    for k, row in enumerate(cells):
+        parts = [
+            c.rjust(w) if numeric[i] else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can cause and fix: reported without a traceback."""
+    from huggingface_hub.utils import EntryNotFoundError, HFValidationError
+
+    from .errors import VlticketError
+
+    errors: list[type[BaseException]] = [
+        VlticketError,
+        OSError,
+        EntryNotFoundError,
+        HFValidationError,
+    ]
+    for module in ("httpx2", "httpx"):  # huggingface_hub's HTTP client, by version
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(module).HTTPError)
+    return tuple(errors)
