@@ -147,6 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RepoNotFound", f"Repository {repo_id} not found", head=head)
         return repo
 
+    def _resolved(self, repo_id: str, revision: str, head: bool = False) -> tuple[Repo, str] | None:
+        """The repo and the commit ``revision`` names, or None once a 404 is sent."""
+        repo = self._repo(repo_id, head=head)
+        if repo is None:
+            return None
+        sha = repo.resolve(revision)
+        if sha is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
+            return None
+        return repo, sha
+
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             self._error(401, None, "Invalid credentials in Authorization header")
@@ -169,12 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._resolve(head=False, path=path)
 
     def _info(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._resolved(repo_id, revision)
+        if found is None:
             return
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, sha = found
         siblings = [{"rfilename": p} for p in sorted(repo.commits[sha])]
         self._json(
             200,
@@ -191,12 +200,10 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _tree(self, repo_id: str, revision: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        found = self._resolved(repo_id, revision)
+        if found is None:
             return
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        repo, sha = found
         entries = [
             {"type": "file", "path": p, "size": len(d), "oid": git_sha1(d)}
             for p, d in sorted(repo.commits[sha].items())
@@ -208,12 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
         m = _RESOLVE.match(path)
         if not m:
             return self._error(404, None, f"no route for {path}", head=head)
-        repo = self._repo(unquote(m["repo"]), head=head)
-        if repo is None:
+        found = self._resolved(unquote(m["repo"]), unquote(m["rev"]), head=head)
+        if found is None:
             return
-        sha = repo.resolve(unquote(m["rev"]))
-        if sha is None:
-            return self._error(404, "RevisionNotFound", "Invalid rev id", head=head)
+        repo, sha = found
         name = unquote(m["file"])
         data = repo.commits[sha].get(name)
         if data is None:

@@ -141,16 +141,21 @@ def test_demo_is_delegated(monkeypatch, capsys):
 
 
 # -- push / pull end to end -----------------------------------------------------------------------
-def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, capsys):  # noqa: F811
-    path, mask = next(iter(tickets.items()))
-    env = {**os.environ, **hub_env(hub, str(tmp_path / "hf_home_sub"))}
-    done = subprocess.run(
-        [sys.executable, "-m", "vlticket", "push", path, "alice/tiny", "--message", "first"],
+def _vlticket(*argv: str, env: dict) -> subprocess.CompletedProcess:
+    """``python -m vlticket ARGV`` in a fresh process (its own huggingface_hub settings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "vlticket", *argv],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, capsys):  # noqa: F811
+    path, mask = next(iter(tickets.items()))
+    env = {**os.environ, **hub_env(hub, str(tmp_path / "hf_home_sub"))}
+    done = _vlticket("push", path, "alice/tiny", "--message", "first", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{hub.url}/alice/tiny/commit/")
     assert len(hub.commits_posted()) == 1
@@ -163,13 +168,7 @@ def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, caps
 
     hub.stop()  # a fresh process with HF_HUB_OFFLINE=1 is served from that cache
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "vlticket", "inspect", "alice/tiny", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _vlticket("inspect", "alice/tiny", "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["overall"]["kept"] == mask.num_kept
 

@@ -16,8 +16,10 @@ from vlticket import (
     Mask,
     NameMismatchError,
     ShapeMismatchError,
+    ticket_config,
 )
 from vlticket import hub as vhub
+from vlticket.adapters import groups_for
 
 INFO = dict(
     base_model="org/tiny-base",
@@ -122,6 +124,7 @@ def test_bad_ticket_information_is_refused_before_writing(tmp_path, mask, info, 
     assert not (tmp_path / "t").exists()
 
 
+# -- groups of the config's sparsity table (vlticket.adapters.groups_for) ----------------------
 @pytest.mark.parametrize(
     "names, expected",
     [
@@ -149,12 +152,19 @@ def test_bad_ticket_information_is_refused_before_writing(tmp_path, mask, info, 
     ],
 )
 def test_generic_groups(names, expected):
-    assert vhub.mask_groups(names) == expected
+    assert groups_for(names) == expected
 
 
 def test_unknown_family_falls_back_to_generic_groups():
     names = ["encoder.layer.0.weight", "encoder.layer.1.weight"]
-    assert vhub.mask_groups(names, "no-such-family") == vhub.mask_groups(names)
+    assert groups_for(names, "no-such-family") == groups_for(names)
+
+
+def test_known_family_uses_its_adapter_groups():
+    names = ["encoder.layer.0.attention.attention.query.weight", "extra.weight"]
+    groups = groups_for(names, "vilt")
+    assert groups["cross.layer.0"] == groups["attention"] == names[:1]
+    assert groups["other"] == ["extra.weight"]
 
 
 # -- applying a downloaded mask ---------------------------------------------------------------
@@ -183,7 +193,7 @@ def _rewrite(folder, name, data, *, fix_config=True):
     (folder / name).write_bytes(data)
     if fix_config:  # a careful attacker also fixes the size and hash in the config
         config = _config(folder)
-        config["files"][name] = vhub._file_record(folder / name)
+        config["files"][name] = ticket_config.file_record(folder / name)
         (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
 
 
@@ -344,9 +354,11 @@ class _Wrapped(torch.nn.Module):
 
 
 @pytest.fixture
-def pattern_adapter():
+def pattern_adapter(monkeypatch):
     from vlticket import adapters
 
+    # A private copy of the registry: other test files expect only the built-in adapters.
+    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
     adapter = adapters.PatternAdapter(
         include=[r"backbone\.\d+\.weight"], strip=r"backbone\.", name="hub-test-backbone"
     )

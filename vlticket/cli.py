@@ -152,25 +152,18 @@ def _load(source: str, revision: str | None = None) -> tuple[Any, dict | None]:
     return ticket.mask, ticket.config
 
 
-def _family(config: dict | None) -> str | None:
-    return ((config or {}).get("adapter") or {}).get("family")
-
-
 # -- inspect ------------------------------------------------------------------------------------
 def _inspect(args: argparse.Namespace) -> int:
-    from .hub import group_sparsity
+    from .adapters import group_stats, groups_for
+    from .ticket_config import recorded_adapter
 
     mask, config = _load(args.source, args.revision)
     overall = {"weights": mask.numel, "kept": mask.num_kept, "sparsity": mask.sparsity}
-    groups = group_sparsity(mask, _family(config))
-    layers = {
-        name: {
-            "shape": list(t.shape),
-            "weights": t.numel(),
-            "kept": int(t.count_nonzero()),
-            "sparsity": s,
-        }
-        for (name, t), s in zip(mask.items(), mask.layer_sparsity().values(), strict=True)
+    family, _ = recorded_adapter(config)
+    groups = group_stats(mask, groups_for(mask, family))
+    layers = {  # each tensor a group of its own
+        name: {"shape": list(mask[name].shape), **stats}
+        for name, stats in group_stats(mask, {n: [n] for n in mask}).items()
     }
     if args.json:
         report = {"source": args.source, "overall": overall, "groups": groups, "layers": layers}
@@ -224,9 +217,10 @@ def _describe(config: dict | None) -> list[str]:
 
 # -- iou ----------------------------------------------------------------------------------------
 def _iou(args: argparse.Namespace) -> int:
-    from .hub import mask_groups
+    from .adapters import groups_for
     from .masks import Mask
     from .metrics import iou_matrix
+    from .ticket_config import recorded_adapter
 
     if len(args.sources) < 2:
         return _fail("iou needs at least two masks")
@@ -237,8 +231,8 @@ def _iou(args: argparse.Namespace) -> int:
     names, overall = iou_matrix(masks)
     matrices = {"all": overall}
     if args.groups:
-        first = masks[names[0]]
-        for group, members in mask_groups(list(first), _family(loaded[0][1])).items():
+        family, _ = recorded_adapter(loaded[0][1])
+        for group, members in groups_for(masks[names[0]], family).items():
             sub = {k: Mask({n: m[n] for n in members}) for k, m in masks.items()}
             matrices[group] = iou_matrix(sub)[1]
     if args.plot:

@@ -18,7 +18,7 @@ from ..errors import ArgumentError
 from . import lxmert, uniter, vilt
 from .base import Adapter, Part, UnknownModelError, _model_names
 from .bert import bert_to_vl
-from .groups import group_iou, group_sparsity
+from .groups import group_iou, group_sparsity, group_stats, groups_for
 from .patterns import PatternAdapter
 
 _REGISTRY: dict[str, Any] = {}
@@ -139,6 +139,8 @@ __all__ = [
     "get",
     "group_iou",
     "group_sparsity",
+    "group_stats",
+    "groups_for",
     "lxmert",
     "register_adapter",
     "uniter",
