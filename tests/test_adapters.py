@@ -1,5 +1,6 @@
 """Registry, detection, the generic pattern adapter, per-group metrics and BERT's θ0'."""
 
+import dataclasses
 import doctest
 import subprocess
 import sys
@@ -74,9 +75,15 @@ def test_register_refuses_duplicates_and_finds_new_families(registry):
 
 
 def test_two_families_fitting_one_model_is_an_error(registry):
-    adapters.register_adapter(adapters.PatternAdapter(include=[r".*\.weight"], name="all"))
-    with pytest.raises(adapters.UnknownModelError, match=r"several adapters \['lxmert', 'all'\]"):
+    copy = dataclasses.replace(adapters.get("lxmert"), name="lxmert-copy")
+    adapters.register_adapter(copy)
+    with pytest.raises(adapters.UnknownModelError, match=r"several adapters \['lxmert', 'lxmert-"):
         adapters.adapter_for(VQAModel())
+
+
+def test_a_broad_pattern_adapter_does_not_hide_a_family(registry):
+    adapters.register_adapter(adapters.PatternAdapter(include=[r".*\.weight"], name="all"))
+    assert adapters.adapter_for(VQAModel()).name == "lxmert"
 
 
 def test_pattern_adapter_on_any_module():

@@ -94,7 +94,7 @@ def test_iou_of_masks_for_different_models_fails_cleanly(tickets, tmp_path, caps
     [
         (["inspect", "no/such/dir/x"], 1, "neither an existing folder nor a Hub repo id"),
         (["inspect", "missing.safetensors"], 1, "cannot read"),
-        (["iou", "one"], 1, "at least two"),
+        (["iou", "one"], 2, "at least two"),
         (["inspect"], 2, "required"),
         (["frobnicate"], 2, "invalid choice"),
         ([], 2, "usage"),

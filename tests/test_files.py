@@ -1,6 +1,7 @@
 """Saving and loading masks: exact round trips, 1 bit per weight, and hostile files refused."""
 
 import json
+import os
 import pickle
 import struct
 
@@ -115,3 +116,26 @@ def test_shapes_in_metadata_must_match_tensors(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileFormatError, match="cannot read"):
         Mask.load(tmp_path / "absent.safetensors")
+
+
+def test_negative_dimensions_are_refused(tmp_path):
+    meta = {"format": "vlticket.mask", "format_version": "1", "shapes": json.dumps({"w": [-8]})}
+    header = {"__metadata__": meta, "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+    path = _write(tmp_path / "m.safetensors", _with_header(header, b"\xff"))
+    with pytest.raises(FileFormatError, match="'shapes'"):
+        Mask.load(path)
+
+
+def test_a_directory_is_not_a_mask(tmp_path):
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(FileFormatError, match="cannot read"):
+        Mask.load(tmp_path / "d.safetensors")
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Mask({"w": torch.ones(3, dtype=torch.bool)}).save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.safetensors").stat().st_mode & 0o777 == 0o644

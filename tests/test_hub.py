@@ -379,3 +379,32 @@ def test_recorded_adapter_is_used_to_apply_on_another_head(tmp_path, pattern_ada
     assert torch.equal(other_task.backbone[1].weight != 0, mask["1.weight"])
     with pytest.raises(NameMismatchError, match="'0.weight'.*model's parameters"):
         vhub.check_fingerprint(mask.shapes(), other_task)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("adapter", "vilt"), ("base_model", "x"), ("adapter", {"family": 3}), ("search", [1])],
+)
+def test_config_fields_of_the_wrong_type_are_refused(folder, field, value):
+    config = _config(folder)
+    config[field] = value
+    (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(FileFormatError, match=repr(field)):
+        vhub.load_ticket(folder)
+
+
+def test_deeply_nested_config_is_refused(folder):
+    (folder / vhub.CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FileFormatError, match="not JSON"):
+        vhub.load_ticket(folder)
+
+
+def test_resaving_without_checkpoint_removes_the_stale_one(tmp_path, tiny_net, mask, hub):  # noqa: F811
+    folder = tmp_path / "t"
+    mask.save_pretrained(folder, checkpoint=vlticket.Checkpoint.capture(tiny_net))
+    mask.save_pretrained(folder)
+    assert not (folder / vhub.CHECKPOINT_FILE).exists()
+    (folder / "notes.bin").write_bytes(b"not part of the ticket")
+    vhub.push_folder(folder, "alice/clean")
+    uploaded = set(hub.files("alice/clean")) - {".gitattributes"}  # the server's own file
+    assert uploaded == {vhub.CONFIG_FILE, vhub.MASK_FILE, vhub.CARD_FILE}

@@ -130,3 +130,51 @@ def test_to_device_and_from_torch_prune(tiny_net):
     assert mask.num_pruned == round(0.25 * 128)
     with pytest.raises(ArgumentError, match="no torch.nn.utils.prune masks"):
         Mask.from_torch_prune(torch.nn.Linear(2, 2))
+
+
+def test_from_torch_prune_ignores_unrelated_mask_buffers(tiny_net):
+    from torch.nn.utils import prune
+
+    tiny_net.register_buffer("attention_mask", torch.ones(3))
+    prune.random_unstructured(tiny_net.fc2, "weight", amount=0.5)
+    assert list(Mask.from_torch_prune(tiny_net)) == ["fc2.weight"]
+
+
+def test_ones_on_a_meta_model_is_a_real_cpu_mask(tmp_path):
+    with torch.device("meta"):
+        model = torch.nn.Linear(4, 3)
+    mask = Mask.ones(model)
+    assert mask["weight"].device.type == "cpu"
+    mask.save(tmp_path / "m.safetensors")
+    assert Mask.load(tmp_path / "m.safetensors") == mask
+
+
+def test_wrapped_models_use_the_inner_names(tiny_net):
+    wrapped = torch.nn.DataParallel(tiny_net)
+    compiled = torch.compile(tiny_net)
+    for model in (wrapped, compiled):
+        mask = vlticket.prune_magnitude(model, sparsity=0.5)
+        assert set(mask) == set(Mask.ones(tiny_net))
+        mask.apply(model)
+        assert set(vlticket.Checkpoint.capture(model)) == {
+            n for n, _ in tiny_net.named_parameters()
+        }
+
+
+def test_apply_refuses_a_checkpoint(tiny_net):
+    theta0 = vlticket.Checkpoint.capture(tiny_net)
+    with pytest.raises(ArgumentError, match="restore"):
+        Mask.ones(tiny_net).apply(theta0)
+
+
+def test_adapter_by_registered_name(tiny_net):
+    with pytest.raises(ArgumentError, match="no adapter named 'nope'"):
+        Mask.ones(tiny_net, adapter="nope")
+    with pytest.raises(ArgumentError, match="`adapter`"):
+        Mask.ones(tiny_net, adapter=3)
+
+
+def test_save_metadata_must_be_strings(tmp_path):
+    with pytest.raises(ArgumentError, match="metadata"):
+        Mask({"w": torch.ones(2, dtype=torch.bool)}).save(tmp_path / "m.safetensors", {"step": 3})
+    assert not list(tmp_path.iterdir())

@@ -93,3 +93,19 @@ def test_load_refuses_a_mask_file(tmp_path):
     vlticket.Mask({"w": torch.ones(3, dtype=torch.bool)}).save(tmp_path / "m.safetensors")
     with pytest.raises(FileFormatError, match="not a vlticket.checkpoint"):
         Checkpoint.load(tmp_path / "m.safetensors")
+
+
+def test_from_state_dict_refuses_duplicates_and_non_tensors():
+    sd = {"a": torch.ones(2), "b": torch.ones(2)}
+    with pytest.raises(ArgumentError, match="two tensors"):
+        Checkpoint.from_state_dict(sd, rename={"a": "x", "b": "x"})
+    with pytest.raises(ArgumentError, match="state_dict"):
+        Checkpoint.from_state_dict({"a": [1.0, 2.0]})
+
+
+def test_restore_into_a_meta_model_raises():
+    ckpt = Checkpoint.capture(torch.nn.Linear(4, 3))
+    with torch.device("meta"):
+        meta = torch.nn.Linear(4, 3)
+    with pytest.raises(ArgumentError, match="meta device"):
+        ckpt.restore(meta)

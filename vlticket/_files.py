@@ -9,6 +9,8 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -38,38 +40,41 @@ _DTYPE_BYTES = {
 }
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: no half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@contextmanager
+def _atomic(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is synced and renamed onto it.
 
-
-def save_safetensors(
-    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike
-) -> None:
-    """``safetensors.torch.save_file`` into a temporary file, then an atomic rename."""
+    Readers never see a half-written file, and a failed write leaves the old file untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide shared masks from the group
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with _atomic(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike
+) -> None:
+    """``safetensors.torch.save_file`` to ``path``, atomically."""
+    with _atomic(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -85,17 +90,20 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dic
         raise FileFormatError(f"cannot read {str(path)!r}: {e.strerror}") from e
     if size < 8:
         raise FileFormatError(f"{str(path)!r} is not a safetensors file: only {size} bytes")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > min(MAX_HEADER_BYTES, size - 8):
-            raise FileFormatError(
-                f"{str(path)!r} is not a valid safetensors file: header length {n} bytes, "
-                f"file holds {size - 8} after the length field (limit {MAX_HEADER_BYTES})"
-            )
-        raw = f.read(n)
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise FileFormatError(
+                    f"{str(path)!r} is not a valid safetensors file: header length {n} bytes, "
+                    f"file holds {size - 8} after the length field (limit {MAX_HEADER_BYTES})"
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise FileFormatError(f"cannot read {str(path)!r}: {e.strerror}") from e
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FileFormatError(f"{str(path)!r}: safetensors header is not JSON ({e})") from e
     if not isinstance(header, dict):
         raise FileFormatError(f"{str(path)!r}: safetensors header is not a JSON object")

@@ -20,25 +20,54 @@ class NameMap(Protocol):
     def prunable(self, model: nn.Module) -> Mapping[str, torch.Tensor]: ...
 
 
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``).
+
+    Masks and checkpoints are keyed by the inner model's names, so they move between a wrapped
+    training model and the plain one.
+    """
+    while True:
+        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
+        else:
+            return module
+
+
 def default_prunable(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every floating-point parameter with two or more dimensions (weight matrices, kernels)."""
-    return {
-        name: p for name, p in module.named_parameters() if p.is_floating_point() and p.dim() >= 2
-    }
+    params = unwrap(module).named_parameters()
+    return {name: p for name, p in params if p.is_floating_point() and p.dim() >= 2}
+
+
+def resolve_adapter(adapter: Any) -> NameMap | None:
+    """An adapter object, or a registered adapter's name such as ``"vilt"``."""
+    if adapter is None or isinstance(adapter, NameMap):
+        return adapter
+    if isinstance(adapter, str):
+        from .adapters import get
+
+        return get(adapter)
+    raise ArgumentError(
+        f"`adapter`: expected an adapter (with a `prunable(model)` method) or a registered "
+        f"adapter name, found {type(adapter).__name__}"
+    )
 
 
 def named_tensors(
     source: Any, *, adapter: NameMap | None = None, param: str = "weights"
 ) -> dict[str, torch.Tensor]:
     """Named tensors of ``source``: an adapter's view, all module parameters, or a mapping."""
+    adapter = resolve_adapter(adapter)
     if adapter is not None:
         if not isinstance(source, nn.Module):
             raise ArgumentError(
                 f"`{param}`: an adapter needs an nn.Module, found {type(source).__name__}"
             )
-        return dict(adapter.prunable(source))
+        return dict(adapter.prunable(unwrap(source)))
     if isinstance(source, nn.Module):
-        return dict(source.named_parameters())
+        return dict(unwrap(source).named_parameters())
     if isinstance(source, Mapping):
         out = {}
         for name, t in source.items():

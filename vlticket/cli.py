@@ -131,9 +131,9 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"vlticket: error: {message}", file=sys.stderr)
-    return EXIT_FAILURE
+    return code
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def _iou(args: argparse.Namespace) -> int:
     from .ticket_config import recorded_adapter
 
     if len(args.sources) < 2:
-        return _fail("iou needs at least two masks")
+        return _fail("iou needs at least two masks", EXIT_USAGE)
     if len(set(args.sources)) != len(args.sources):
         return _fail("iou: the same mask is given twice")
     loaded = [_load(s) for s in args.sources]

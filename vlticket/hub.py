@@ -180,6 +180,8 @@ def _save(
     if checkpoint is not None:
         checkpoint.save(folder / CHECKPOINT_FILE)
         files[CHECKPOINT_FILE] = ticket_config.file_record(folder / CHECKPOINT_FILE)
+    else:  # a checkpoint left by an earlier save would no longer match the config
+        (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
     config = ticket_config.build_config(mask, info, checkpoint, files)
     _files.atomic_write_bytes(folder / CONFIG_FILE, ticket_config.config_json(config).encode())
     _files.atomic_write_bytes(folder / CARD_FILE, model_card(config, repo_id).encode())
@@ -363,8 +365,17 @@ def push_folder(
     _check_repo_id(repo_id)
     if not Path(folder).is_dir():
         raise ArgumentError(f"`folder`: {str(folder)!r} is not a folder")
-    _load(Path(folder), with_checkpoint=True)
-    return _upload(Path(folder), repo_id, commit_message, private, token, revision, create_pr)
+    ticket = _load(Path(folder), with_checkpoint=True)
+    return _upload(
+        Path(folder),
+        repo_id,
+        commit_message,
+        private,
+        token,
+        revision,
+        create_pr,
+        files=(CONFIG_FILE, CARD_FILE, *ticket.config["files"]),
+    )
 
 
 def _upload(
@@ -375,6 +386,7 @@ def _upload(
     token: str | None,
     revision: str | None,
     create_pr: bool,
+    files: tuple[str, ...] = TICKET_FILES,
 ) -> str:
     from huggingface_hub import HfApi
 
@@ -390,6 +402,6 @@ def _upload(
         commit_message=commit_message,
         revision=revision,
         create_pr=create_pr,
-        allow_patterns=list(TICKET_FILES),
+        allow_patterns=list(files),  # only the ticket's own, validated files
     )
     return str(commit)

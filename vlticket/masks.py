@@ -97,7 +97,13 @@ class Mask(MutableMapping[str, torch.Tensor]):
             adapter: optional adapter whose ``prunable(model)`` names the tensors.
         """
         tensors = _prunable(weights, adapter)
-        return cls({n: torch.ones_like(t, dtype=torch.bool) for n, t in tensors.items()})
+        return cls(
+            {
+                # A model built on the meta device gets a real mask, on the CPU.
+                n: torch.ones(t.shape, dtype=torch.bool, device="cpu" if t.is_meta else t.device)
+                for n, t in tensors.items()
+            }
+        )
 
     @classmethod
     def from_torch_prune(cls, module: nn.Module) -> Mask:
@@ -105,10 +111,11 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
         Names are the original parameter names (``layer.weight``, not ``layer.weight_orig``).
         """
+        params = {name for name, _ in module.named_parameters()}
         out = {
             name[: -len("_mask")]: buf.detach().bool()
             for name, buf in module.named_buffers()
-            if name.endswith("_mask")
+            if name.endswith("_mask") and name[: -len("_mask")] + "_orig" in params
         }
         if not out:
             raise ArgumentError("`module` has no torch.nn.utils.prune masks (no *_mask buffers)")
@@ -187,6 +194,13 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     # -- in place on a model ----------------------------------------------------------------
     def _targets(self, module_or_weights: Weights, adapter: NameMap | None) -> dict:
+        from .rewind import Checkpoint
+
+        if isinstance(module_or_weights, Checkpoint):
+            raise ArgumentError(
+                "`module_or_weights`: a Checkpoint is a snapshot and is never masked in place; "
+                "use `checkpoint.restore(model, mask)` to rewind a model and apply the mask"
+            )
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
         check_layout(self.shapes(), targets, what="the mask", where="the model", exact=False)
         return {n: targets[n] for n in self._data}
@@ -237,8 +251,13 @@ class Mask(MutableMapping[str, torch.Tensor]):
         Each tensor is stored bit-packed (little-endian bit order) as uint8; shapes, the format
         version and the sparsity go in the string metadata, along with ``metadata`` if given.
         """
-        packed = {n: _pack(t) for n, t in self._data.items()}
         meta = dict(metadata or {})
+        for key, value in meta.items():
+            if not (isinstance(key, str) and isinstance(value, str)):
+                raise ArgumentError(
+                    f"`metadata`: safetensors metadata maps str to str, found {key!r}: {value!r}"
+                )
+        packed = {n: _pack(t) for n, t in self._data.items()}
         meta.update(
             format=FORMAT,
             format_version=FORMAT_VERSION,
@@ -254,8 +273,8 @@ class Mask(MutableMapping[str, torch.Tensor]):
         _files.require_format(path, meta, FORMAT, {FORMAT_VERSION})
         try:
             shapes = json.loads(meta["shapes"])
-            shapes = {str(n): tuple(int(d) for d in s) for n, s in shapes.items()}
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            shapes = {str(n): tuple(_dim(d) for d in s) for n, s in shapes.items()}
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise FileFormatError(f"{str(path)!r}: mask metadata has no valid 'shapes'") from e
         if set(header) != set(shapes):
             raise FileFormatError(
@@ -305,6 +324,12 @@ def _prunable(weights: Weights, adapter: NameMap | None) -> dict[str, torch.Tens
     if adapter is None and isinstance(weights, nn.Module):
         return default_prunable(weights)
     return named_tensors(weights, adapter=adapter)
+
+
+def _dim(d: object) -> int:
+    if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+        raise ValueError(f"bad dimension {d!r}")
+    return d
 
 
 def _pack(t: torch.Tensor) -> torch.Tensor:

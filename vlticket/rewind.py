@@ -27,8 +27,9 @@ _SAFE_DTYPES = {
 class Checkpoint(Mapping[str, torch.Tensor]):
     """Named weights copied to the CPU, to restore into the same parameters later.
 
-    A Checkpoint is a read-only mapping of name to tensor, so it can also be passed wherever
-    vlticket takes ``weights`` (e.g. to prune by the magnitudes of θ0).
+    A Checkpoint is a mapping of name to tensor (no item assignment), so it can also be passed
+    wherever vlticket reads ``weights`` (e.g. to prune by the magnitudes of θ0); ``Mask.apply``
+    refuses it, so a snapshot is never zeroed by accident.
 
     Example:
         >>> import torch, vlticket
@@ -40,14 +41,16 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         True
     """
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, tensors: Mapping[str, torch.Tensor], *, copy: bool = True) -> None:
         self._data = {}
         for name, t in named_tensors(tensors, param="tensors").items():
             if not t.is_floating_point():
                 raise ArgumentError(
                     f"`tensors[{name!r}]`: expected floating point, found {t.dtype}"
                 )
-            self._data[name] = t.detach().to("cpu", copy=True)
+            if t.is_meta:
+                raise ArgumentError(f"`tensors[{name!r}]` is on the meta device: no values")
+            self._data[name] = t.detach().to("cpu", copy=copy)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._data[name]
@@ -102,10 +105,13 @@ class Checkpoint(Mapping[str, torch.Tensor]):
             rename: a mapping from the other model's names to ours (names not in it are
                 dropped), or a function returning our name or ``None`` to drop the tensor.
         """
+        state_dict = named_tensors(state_dict, param="state_dict")
         if rename is None:
             picked = dict(state_dict)
         elif isinstance(rename, Mapping):
             check_names(rename, state_dict, what="`rename`", where="`state_dict`", exact=False)
+            if len(set(rename.values())) != len(rename):
+                raise ArgumentError("`rename` maps two tensors to one name")
             picked = {new: state_dict[old] for old, new in rename.items()}
         elif callable(rename):
             picked = {}
@@ -134,8 +140,19 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         ``restore(model, mask)`` is the IMP rewind. Every name and shape is checked before
         anything is written. ``strict=True`` also requires the model to have no other
         floating-point parameters than the checkpoint's.
+
+        Only the checkpoint's tensors are rewound. With ``adapter`` that is the adapter's prunable
+        set; to rewind every parameter (biases, layer norms, head) capture without an adapter and
+        apply the canonical-name mask separately: ``theta0.restore(model);
+        mask.apply(model, adapter=adapter)``.
         """
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
+        meta = [n for n in self._data if n in targets and targets[n].is_meta]
+        if meta:
+            raise ArgumentError(
+                f"`module_or_weights`: {meta[0]!r} is on the meta device; materialise the model "
+                "(e.g. `model.to_empty(device='cpu')`) before restoring"
+            )
         floating = {n: t for n, t in targets.items() if t.is_floating_point()}
         check_layout(
             self.shapes(), floating, what="the checkpoint", where="the model", exact=strict
@@ -187,4 +204,4 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                     f"{str(path)!r}: tensor {name!r} has dtype {header[name]['dtype']}, "
                     f"expected one of {sorted(_SAFE_DTYPES)}"
                 )
-        return cls(_files.load_tensors(path, names))
+        return cls(_files.load_tensors(path, names), copy=False)

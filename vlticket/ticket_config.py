@@ -189,7 +189,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise FileFormatError(f"{str(path)!r} is {size} bytes, over {MAX_CONFIG_BYTES}")
     try:
         config = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise FileFormatError(f"{str(path)!r} is not JSON ({e})") from e
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise FileFormatError(f"{str(path)!r} is not a {CONFIG_FORMAT} config")
@@ -198,6 +198,14 @@ def read_config(path: Path) -> dict[str, Any]:
             f"{str(path)!r}: config format version {config.get('format_version')!r} is not "
             f"supported (this vlticket reads {CONFIG_VERSION})"
         )
+    for key in ("base_model", "adapter", "search", "sparsity", "metric"):
+        if not isinstance(config.get(key), (dict, type(None))):
+            raise FileFormatError(f"{str(path)!r}: {key!r} must be an object or null")
+    adapter = config.get("adapter") or {}
+    if not isinstance(adapter.get("family"), (str, type(None))) or not isinstance(
+        adapter.get("options", []), list
+    ):
+        raise FileFormatError(f"{str(path)!r}: 'adapter' must hold a family name and options")
     _check_shapes_table(config.get("fingerprint"), path, "fingerprint")
     if "checkpoint" in config:
         _check_shapes_table(config["checkpoint"], path, "checkpoint")

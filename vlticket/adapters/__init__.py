@@ -95,6 +95,9 @@ def adapter_for(model_or_state_dict: nn.Module | Mapping[str, Any], **options: b
     """
     names = list(_model_names(model_or_state_dict))
     fits = [a for a in _REGISTRY.values() if a.matches(names)]
+    families = [a for a in fits if isinstance(a, Adapter)]
+    if len(fits) > 1 and len(families) == 1:
+        fits = families  # a broad pattern adapter does not hide a model family
     if len(fits) != 1:
         listing = "; ".join(f"{a.name!r}: {getattr(a, 'description', '')}" for a in _listing())
         found = (

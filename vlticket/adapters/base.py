@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._named import _preview
+from .._named import _preview, unwrap
 from ..errors import ArgumentError, NameMismatchError
 
 OPTIONS = ("embeddings", "pooler", "visual_projection")
@@ -125,7 +125,7 @@ class Adapter:
     def with_options(
         self, *, embeddings: bool = False, pooler: bool = False, visual_projection: bool = False
     ) -> Adapter:
-        """The same adapter with optional weights added to the prunable set.
+        """The same adapter with exactly these optional weights added to the default set.
 
         Args:
             embeddings: word, position, token-type (and image position / type) embeddings.
@@ -209,10 +209,7 @@ class Adapter:
             >>> params = adapter.prunable(model)                       # doctest: +SKIP
             >>> mask = vlticket.prune_magnitude(params, sparsity=0.5)  # doctest: +SKIP
         """
-        if not isinstance(model, nn.Module):
-            raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
-        params = dict(model.named_parameters())
-        return {canon: params[name] for canon, name in self.names(params).items()}
+        return prunable_by_names(self, model)
 
     # -- groups -----------------------------------------------------------------------------
     def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
@@ -252,9 +249,17 @@ def _grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[s
     return {g: list(members) for g, members in out.items()}
 
 
+def prunable_by_names(adapter: Any, model: nn.Module) -> dict[str, nn.Parameter]:
+    """``{canonical name: Parameter}`` through ``adapter.names``, shared by every adapter kind."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    params = dict(unwrap(model).named_parameters())
+    return {canon: params[name] for canon, name in adapter.names(params).items()}
+
+
 def _model_names(source: Any) -> Iterable[str]:
     if isinstance(source, nn.Module):
-        return (n for n, _ in source.named_parameters())
+        return (n for n, _ in unwrap(source).named_parameters())
     if isinstance(source, Mapping):
         return iter(source.keys())
     if isinstance(source, (str, bytes, torch.Tensor)) or not isinstance(source, Iterable):

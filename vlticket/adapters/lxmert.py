@@ -39,7 +39,7 @@ PARTS = (
 
 LXMERT = Adapter(
     name="lxmert",
-    prefix=r"(?:module\.)?(?:lxmert\.|lxrt_encoder\.model\.bert\.|model\.bert\.|bert\.)?",
+    prefix=r"(?:module\.|_orig_mod\.)*(?:lxmert\.|lxrt_encoder\.model\.bert\.|model\.bert\.|bert\.)?",
     signature=(r"encoder\.x_layers\.\d+\.visual_attention\.att\.query\.weight",),
     parts=PARTS,
     description="LXMERT: transformers Lxmert* and the original LXRT code (same canonical names)",

@@ -11,7 +11,7 @@ from torch import nn
 
 from .._named import _preview
 from ..errors import ArgumentError, NameMismatchError
-from .base import UnknownModelError, _grouped, _model_names
+from .base import UnknownModelError, _grouped, _model_names, prunable_by_names
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class PatternAdapter:
                     re.compile(p)
                 except re.error as e:
                     raise ArgumentError(f"`{param}`: {p!r} is not a valid regex: {e}") from e
+        try:
+            re.compile(self.strip)
+        except re.error as e:
+            raise ArgumentError(f"`strip`: {self.strip!r} is not a valid regex: {e}") from e
         if not self.include:
             raise ArgumentError("`include`: give at least one regex, e.g. [r'.*\\.weight']")
 
@@ -89,10 +93,7 @@ class PatternAdapter:
         return out
 
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        if not isinstance(model, nn.Module):
-            raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
-        params = dict(model.named_parameters())
-        return {canon: params[name] for canon, name in self.names(params).items()}
+        return prunable_by_names(self, model)
 
     def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
         """Groups by the first integer in the name (``layer.N``); other names go to ``other``."""

@@ -23,7 +23,7 @@ PARTS = (
 
 UNITER = Adapter(
     name="uniter",
-    prefix=r"(?:module\.)?(?:uniter\.)?",
+    prefix=r"(?:module\.|_orig_mod\.)*(?:uniter\.)?",
     signature=(
         r"img_embeddings\.img_linear\.weight",
         r"encoder\.layer\.\d+\.attention\.self\.query\.weight",

@@ -45,7 +45,7 @@ PARTS = (
 
 VILT = Adapter(
     name="vilt",
-    prefix=r"(?:module\.)?(?:vilt\.)?",
+    prefix=r"(?:module\.|_orig_mod\.)*(?:vilt\.)?",
     signature=(  # text embeddings tell ViLT from transformers' ViT, which shares the layers
         r"encoder\.layer\.\d+\.attention\.attention\.query\.weight",
         r"embeddings\.text_embeddings\.word_embeddings\.weight",
@@ -57,7 +57,7 @@ VILT = Adapter(
 _BLOCK = r"transformer\.blocks\.(?P<n>\d+)\."
 VILT_ORIGINAL = Adapter(
     name="vilt-original",
-    prefix=r"(?:module\.)?",
+    prefix=r"(?:module\.|_orig_mod\.)*",
     signature=(_BLOCK + r"attn\.qkv\.weight", r"text_embeddings\.word_embeddings\.weight"),
     parts=PARTS,
     rename=(
