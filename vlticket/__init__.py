@@ -4,7 +4,7 @@ The core is model-agnostic: a :class:`Mask` over named weights, pure pruning fun
 return new masks, :class:`Checkpoint` snapshots to rewind to, and mask-similarity metrics.
 """
 
-from . import adapters, hub
+from . import adapters, adversarial, baselines, hub
 from .adapters import adapter_for
 from .attach import MaskHandle
 from .errors import (
@@ -20,6 +20,8 @@ from .masks import Mask
 from .metrics import iou, iou_matrix, layer_iou, mask_distance
 from .pruning import prune_magnitude, prune_random
 from .rewind import Checkpoint
+from .search import Round, TicketSearch
+from .tickets import RelaxedTicket, relaxed_ticket
 
 __version__ = "0.1.0.dev0"
 
@@ -31,12 +33,17 @@ __all__ = [
     "MaskHandle",
     "MismatchError",
     "NameMismatchError",
+    "RelaxedTicket",
+    "Round",
     "ShapeMismatchError",
     "Ticket",
+    "TicketSearch",
     "VlticketError",
     "__version__",
     "adapter_for",
     "adapters",
+    "adversarial",
+    "baselines",
     "hub",
     "iou",
     "iou_matrix",
@@ -45,4 +52,5 @@ __all__ = [
     "mask_distance",
     "prune_magnitude",
     "prune_random",
+    "relaxed_ticket",
 ]

@@ -1,0 +1,116 @@
+"""The demo's model: a small transformers ViLT built from a config (random weights, no download).
+
+Images enter as ``image_embeds`` computed in one batched pass (patch projection, [CLS] and
+position embeddings): ViLT's own per-image embedding loop gives the same result for full-size
+images but is several times slower on a CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ._demo_data import Split
+
+
+def build_model(
+    vocab_size: int, num_labels: int, *, hidden: int = 64, layers: int = 2
+) -> nn.Module:
+    """A ViltForQuestionAnswering with hidden size 64, 2 layers, 4 heads, 16×16 patches."""
+    from transformers import ViltConfig, ViltForQuestionAnswering
+
+    config = ViltConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=4 * hidden,
+        image_size=64,
+        patch_size=16,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    return ViltForQuestionAnswering(config)
+
+
+def image_embeds(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """ViLT's visual embedding of full 64×64 images, batched: (n, 1 + patches, hidden)."""
+    emb = model.vilt.embeddings
+    x = emb.patch_embeddings(pixels).flatten(2).transpose(1, 2)
+    cls = emb.cls_token.expand(x.shape[0], -1, -1)
+    return torch.cat([cls, x], dim=1) + emb.position_embeddings
+
+
+def batch(split: Split, images: torch.Tensor, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The tensors of questions ``rows``: word ids, their mask, pixels and labels."""
+    return {
+        "input_ids": split.input_ids[rows],
+        "attention_mask": split.attention_mask[rows],
+        "pixels": images[split.image_index[rows]],
+        "labels": split.labels[rows],
+    }
+
+
+def embed(model: nn.Module, b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The embedding inputs ViLT accepts: word embeddings and image embeddings."""
+    words = model.vilt.embeddings.text_embeddings.word_embeddings(b["input_ids"])
+    return {"inputs_embeds": words, "image_embeds": image_embeds(model, b["pixels"])}
+
+
+def forward(
+    model: nn.Module, b: Mapping[str, torch.Tensor], embeddings: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """Logits from embedding inputs (what adversarial training perturbs)."""
+    n_img = embeddings["image_embeds"].shape[1]
+    pixel_mask = torch.ones(embeddings["image_embeds"].shape[0], n_img, dtype=torch.long)
+    return model(
+        inputs_embeds=embeddings["inputs_embeds"],
+        attention_mask=b["attention_mask"],
+        image_embeds=embeddings["image_embeds"],
+        pixel_mask=pixel_mask,
+    ).logits
+
+
+def logits(model: nn.Module, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return forward(model, b, embed(model, b))
+
+
+def train(
+    model: nn.Module,
+    split: Split,
+    images: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    attach=None,
+) -> None:
+    """Plain AdamW fine-tuning with cross-entropy; ``attach(optimizer)`` is called first."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    if attach is not None:
+        attach(opt)
+    model.train()
+    for _ in range(steps):
+        rows = torch.randint(0, len(split), (batch_size,), generator=g)
+        b = batch(split, images, rows)
+        loss = nn.functional.cross_entropy(logits(model, b), b["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, split: Split, images: torch.Tensor, batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(split), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(split)))
+        b = batch(split, images, rows)
+        correct += int((logits(model, b).argmax(1) == b["labels"]).sum())
+    return correct / max(1, len(split))
