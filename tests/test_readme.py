@@ -11,9 +11,23 @@ from hub_server import FakeHub, hub_env
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(
-    r"(<!-- not run[^>]*-->\n)?```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+    r"(<!-- (?:not run|continued)[^>]*-->\n)?```python\n(.*?)```",
+    (ROOT / "README.md").read_text(),
+    re.S,
 )
-RUNNABLE = [code for skip, code in BLOCKS if not skip]
+
+
+def _runnable() -> list[str]:
+    """Standalone blocks; a block marked `continued` runs after the block before it."""
+    out: list[str] = []
+    for marker, code in BLOCKS:
+        if marker.startswith("<!-- not run"):
+            continue
+        out.append(out[-1] + code if marker.startswith("<!-- continued") else code)
+    return out
+
+
+RUNNABLE = _runnable()
 
 
 def test_readme_has_examples():
