@@ -20,7 +20,7 @@ train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
 model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int = 20) -> None:
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int = 8) -> None:
     for _ in range(epochs):
         for i in range(0, len(train_x), 100):
             optimizer.zero_grad()
