@@ -108,6 +108,9 @@ def test_other_float_dtypes(dtype):
 @settings(max_examples=40, deadline=None)
 @given(weight_dicts(), st.floats(0, 0.999))
 def test_global_matches_torch_global_unstructured(weights, s):
+    # torch's topk breaks magnitude ties arbitrarily: compare on tie-free input only.
+    magnitudes = torch.cat([w.abs().reshape(-1) for w in weights.values()])
+    assume(magnitudes.unique().numel() == magnitudes.numel())
     modules = []
     for w in weights.values():
         m = nn.Module()

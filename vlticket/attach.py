@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch.utils.hooks import RemovableHandle
 
@@ -18,6 +19,27 @@ from .errors import ArgumentError
 
 if TYPE_CHECKING:
     from .masks import Mask
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+def _zero_pruned(t: torch.Tensor, keep: torch.Tensor) -> None:
+    """``t *= keep`` in place. On CPU NumPy does it: torch's float-by-bool product is many
+    times slower there, and this runs twice per parameter per training step."""
+    t = t.detach()
+    if (
+        t.device.type == "cpu"
+        and t.dtype in _NUMPY_DTYPES
+        and t.is_contiguous()
+        and keep.is_contiguous()
+        and type(t) is torch.Tensor
+        and t.shape == keep.shape
+    ):
+        a = t.numpy()
+        np.multiply(a, keep.numpy(), out=a)
+    else:
+        t.mul_(keep)
 
 
 class MaskHandle:
@@ -54,14 +76,14 @@ class MaskHandle:
 
         def hook(p: torch.Tensor) -> None:
             if p.grad is not None:
-                p.grad.mul_(keep)
+                _zero_pruned(p.grad, keep)
 
         return hook
 
     @torch.no_grad()
     def _zero_weights(self, *_: object) -> None:
         for name, p in self._params.items():
-            p.mul_(self._keep[name])
+            _zero_pruned(p, self._keep[name])
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Re-zero the pruned weights after each ``optimizer.step()`` (one more optimizer)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from ._named import check_layout
+from ._select import count_true
 from .errors import ArgumentError
 from .masks import Mask
 
@@ -21,8 +23,8 @@ def _pair(a: Mask, b: Mask) -> None:
 def _counts(x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
     """(|x ∩ y|, |x ∪ y|) of two bool tensors."""
     y = y.to(x.device)
-    inter = int((x & y).count_nonzero())
-    return inter, int(x.count_nonzero()) + int(y.count_nonzero()) - inter
+    inter = count_true(x & y)
+    return inter, count_true(x) + count_true(y) - inter
 
 
 def _ratio(inter: int, union: int) -> float:
@@ -64,7 +66,7 @@ def mask_distance(a: Mask, b: Mask) -> float:
     the masks of consecutive epochs.
     """
     _pair(a, b)
-    differ = sum(int((x != b[n].to(x.device)).count_nonzero()) for n, x in a.items())
+    differ = sum(count_true(x != b[n].to(x.device)) for n, x in a.items())
     total = a.numel
     return differ / total if total else 0.0
 
@@ -86,14 +88,30 @@ def iou_matrix(masks: Mapping[str, Mask]) -> tuple[list[str], torch.Tensor]:
     n = len(names)
     inter = torch.zeros(n, n, dtype=torch.float64)
     for tensor_name in first:
-        stack = [masks[k][tensor_name] for k in names]
-        for i in range(n):
-            inter[i, i] += int(stack[i].count_nonzero())
-            for j in range(i + 1, n):
-                c = int((stack[i] & stack[j].to(stack[i].device)).count_nonzero())
-                inter[i, j] += c
-                inter[j, i] += c
+        inter += torch.from_numpy(_gram([masks[k][tensor_name] for k in names]))
     kept = inter.diagonal()
     union = kept[:, None] + kept[None, :] - inter
     out = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     return names, out
+
+
+def _gram(masks: list[torch.Tensor]) -> np.ndarray:
+    """``out[i, j] = |masks[i] ∩ masks[j]|`` for same-shape bool tensors."""
+    if not hasattr(np, "bitwise_count"):  # NumPy < 2: count the pairs on bool arrays
+        flat = [m.detach().cpu().reshape(-1).numpy() for m in masks]
+        return np.array([[np.count_nonzero(a & b) for b in flat] for a in flat], np.float64)
+    # Bit-packed masks and popcounts: 1/8 of the memory traffic of bool AND + count.
+    words = [_packed_words(m) for m in masks]
+    n = len(words)
+    out = np.zeros((n, n), np.float64)
+    for i in range(n):
+        for j in range(i, n):
+            out[i, j] = out[j, i] = np.bitwise_count(words[i] & words[j]).sum(dtype=np.int64)
+    return out
+
+
+def _packed_words(mask: torch.Tensor) -> np.ndarray:
+    packed = np.packbits(mask.detach().cpu().reshape(-1).numpy())
+    padded = np.zeros(-(-packed.size // 8) * 8, np.uint8)
+    padded[: packed.size] = packed
+    return padded.view(np.uint64)

@@ -11,15 +11,14 @@ With ``scope="layer"`` the same rule applies to each tensor on its own. Weights 
 the tensor (row-major): the earlier entry is pruned first. The result is the same on every
 machine.
 
-The global threshold is found without concatenating the weights: a strided sample brackets the
-k-th smallest magnitude, one counting pass over each tensor (in turn) checks the bracket and
-collects the few magnitudes inside it, and a last pass writes the masks. Extra memory is the
-output masks plus one tensor's worth of scratch space.
+The global threshold is found without concatenating the weights (see ``_select``): a sparse
+sample brackets the k-th smallest magnitude, one chunked, multi-threaded pass writes the masks
+and collects the few magnitudes inside the bracket, and only those are corrected. Extra memory
+is the output masks plus a few small buffers.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,11 +27,12 @@ import torch
 from torch import nn
 
 from ._named import NameMap, Weights, check_layout, default_prunable, named_tensors
+from ._select import KeySpace, Piece, Reduce, count_true, keep_smallest_pruned, local_reduce
 from .errors import ArgumentError, ShapeMismatchError
 from .masks import Mask
 
-_SAMPLE_SIZE = 1 << 20
-_MIN_COLLECT = 1 << 16
+_SAMPLE_SIZE = 1 << 18  # magnitudes sampled to bracket the threshold
+_MIN_COLLECT = 1 << 16  # entries a pass may collect near the threshold, at least
 _SCOPES = ("global", "layer")
 
 
@@ -90,7 +90,7 @@ def _counts_to_prune(
 
 
 def _kept_count(t: torch.Tensor, keep: torch.Tensor | None) -> int:
-    return t.numel() if keep is None else int(keep.count_nonzero())
+    return t.numel() if keep is None else count_true(keep)
 
 
 def _labels(names: list[str]) -> list[str]:
@@ -111,144 +111,85 @@ def _check_scope(scope: str) -> None:
         raise ArgumentError(f"`scope`: expected one of {_SCOPES}, found {scope!r}")
 
 
-# -- the magnitude order as integer keys ------------------------------------------------------
+# -- magnitude selection ---------------------------------------------------------------------
 @dataclass(frozen=True)
-class _KeySpace:
-    """Magnitudes as the integer bit patterns of non-negative floats: same order, exact ties.
+class LocalPart:
+    """What this process holds of one named tensor: all of it, or shard ``shard`` of ``shards``
+    along dim 0 (in row order). ``counted`` is False on replicas another rank counts."""
 
-    Pruned (ineligible) entries get the key of +inf, above every finite magnitude.
-    """
-
-    float_dtype: torch.dtype
-    int_dtype: torch.dtype
-    inf: int
-    max_finite: int
-
-    @classmethod
-    def for_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> _KeySpace:
-        wide = any(t.dtype == torch.float64 for t in tensors.values())
-        fdt, idt = (torch.float64, torch.int64) if wide else (torch.float32, torch.int32)
-        inf = int(torch.tensor(float("inf"), dtype=fdt).view(idt))
-        return cls(fdt, idt, inf, inf - 1)
-
-    def keys(self, w: torch.Tensor, keep: torch.Tensor | None, stride: int = 1) -> torch.Tensor:
-        """Flat integer keys of ``|w|`` (every ``stride``-th entry); unkept entries get +inf."""
-        s = w.detach().reshape(-1)[::stride].abs()
-        if s.dtype != self.float_dtype:
-            s = s.to(self.float_dtype)
-        k = s.view(self.int_dtype)
-        if keep is not None:
-            k.masked_fill_(~keep.reshape(-1)[::stride], self.inf)
-        return k
+    weight: torch.Tensor
+    keep: torch.Tensor | None
+    numel: int  # of the whole tensor
+    shard: int = 0
+    shards: int = 1
+    counted: bool = True
 
 
-def _check_finite(name: str, w: torch.Tensor) -> None:
-    # A sum is finite iff every entry is (barring overflow, checked exactly below).
-    if not torch.isfinite(w.detach().sum()):
-        bad = int((~torch.isfinite(w.detach())).sum())
-        if bad:
-            raise ArgumentError(
-                f"`weights[{name!r}]` holds {bad} NaN or inf values; magnitude pruning needs "
-                "finite weights"
-            )
-
-
-def _select_smallest(
-    tensors: Mapping[str, torch.Tensor],
-    keeps: Mapping[str, torch.Tensor],
-    k: int,
-    space: _KeySpace,
+def magnitude_masks(
+    parts: Mapping[str, LocalPart],
+    *,
+    sparsity: float | None,
+    amount: float | None,
+    scope: str,
+    largest: bool,
+    reduce: Reduce = local_reduce,
 ) -> dict[str, torch.Tensor]:
-    """New keep-masks that prune the ``k`` smallest eligible magnitudes across ``tensors``."""
-    names = list(tensors)
-    eligible = sum(
-        int(keeps[n].count_nonzero()) if n in keeps else tensors[n].numel() for n in names
-    )
+    """Local keep-masks of :func:`prune_magnitude`; counts are combined over ranks by ``reduce``."""
+    names = list(parts)
+    space = KeySpace.for_dtypes([p.weight.dtype for p in parts.values()])
+    numel = [parts[n].numel for n in names]
+    local_kept = [_kept_count(parts[n].weight, parts[n].keep) if parts[n].counted else 0
+                  for n in names]
+    kept = [int(x) for x in reduce(np.array(local_kept, np.int64), "sum")] if names else []
 
-    def keys(n: str, stride: int = 1) -> torch.Tensor:
-        return space.keys(tensors[n], keeps.get(n), stride)
-
-    def old(n: str) -> torch.Tensor:
-        if n in keeps:
-            return keeps[n].clone()
-        return torch.ones_like(tensors[n], dtype=torch.bool)
-
-    if k <= 0:
-        return {n: old(n) for n in names}
-    if k >= eligible:
-        return {n: torch.zeros_like(tensors[n], dtype=torch.bool) for n in names}
-
-    t, n_below = _kth_key(names, keys, k - 1, eligible, space)
+    if scope == "layer":
+        counts = _counts_to_prune(numel, kept, sparsity, amount, _labels(names))
+        pools = [([n], c, e) for n, c, e in zip(names, counts, kept, strict=True)]
+    else:
+        (count,) = _counts_to_prune([sum(numel)], [sum(kept)], sparsity, amount, ["`weights`"])
+        pools = [(names, count, sum(kept))]
 
     out: dict[str, torch.Tensor] = {}
-    ties_left = k - n_below  # entries equal to t still to prune, in name then index order
-    for n in names:
-        key = keys(n)
-        keep = key >= t  # ties kept unless among the first `ties_left`
-        if n in keeps:
-            keep &= keeps[n].reshape(-1)
-        if ties_left > 0:
-            ties = (key == t).nonzero().reshape(-1)[:ties_left]
-            keep[ties] = False
-            ties_left -= ties.numel()
-        out[n] = keep.reshape(tensors[n].shape)
+    for pool, count, eligible in pools:
+        pieces, slot = [], 0
+        for n in pool:
+            p = parts[n]
+            pieces.append(Piece(n, p.weight, p.keep, slot + p.shard, p.counted))
+            slot += p.shards
+        masks = select_masks(
+            pieces, count, eligible, largest=largest, n_slots=slot, space=space, reduce=reduce
+        )
+        out.update(zip(pool, masks, strict=True))
     return out
 
 
-def _kth_key(names, keys, r: int, eligible: int, space: _KeySpace) -> tuple[int, int]:
-    """The key of rank ``r`` (0-based) among eligible entries, and how many keys are below it.
+def select_masks(
+    pieces: list[Piece],
+    count: int,
+    eligible: int,
+    *,
+    largest: bool,
+    n_slots: int,
+    space: KeySpace,
+    reduce: Reduce = local_reduce,
+) -> list[torch.Tensor]:
+    """Keep-masks pruning ``count`` of the ``eligible`` weights of ``pieces`` by magnitude."""
+    def smallest(k: int) -> list[torch.Tensor]:
+        return keep_smallest_pruned(
+            pieces, k, n_slots, space, reduce, sample=_SAMPLE_SIZE, min_collect=_MIN_COLLECT
+        )
 
-    Keeps a range [lo, hi] known to hold the answer with counts c_lo = #(key < lo) and
-    c_hi = #(key <= hi); each pass over the tensors tests a bracket and, when few keys fall in
-    it, collects them so the answer is read off a small sort.
-    """
-    cap = max(_MIN_COLLECT, eligible // 64)
-    lo, hi, c_lo, c_hi = 0, space.max_finite, 0, eligible
-    b_lo, b_hi = _sample_bracket(names, keys, r, eligible, space)
-    while True:
-        n_lt, n_in, values = 0, 0, []
-        for n in names:
-            key = keys(n)
-            below = key < b_lo
-            n_lt += int(below.count_nonzero())
-            inside = (key <= b_hi) & ~below
-            n_in += int(inside.count_nonzero())
-            if values is not None and n_in <= cap:
-                values.append(key[inside])
-            else:
-                values = None
-        n_le = n_lt + n_in
-        if r < n_lt:
-            hi, c_hi = b_lo - 1, n_lt
-        elif r >= n_le:
-            lo, c_lo = b_hi + 1, n_le
-        else:
-            lo, hi, c_lo, c_hi = b_lo, b_hi, n_lt, n_le
-            if values is not None:
-                v = torch.sort(torch.cat(values)).values
-                t = v[r - n_lt]
-                return int(t), n_lt + int((v < t).count_nonzero())
-            if lo == hi:
-                return lo, c_lo
-        # Miss, or too many to collect: test the whole known range if small, else its lower half.
-        b_lo, b_hi = (lo, hi) if c_hi - c_lo <= cap else (lo, (lo + hi) // 2)
-
-
-def _sample_bracket(names, keys, r: int, eligible: int, space: _KeySpace) -> tuple[int, int]:
-    """A key range that holds rank ``r`` with high probability, from a strided sample."""
-    stride = max(1, eligible // _SAMPLE_SIZE)
-    parts = [keys(n, stride) for n in names]
-    sample = torch.sort(torch.cat(parts)).values
-    sample = sample[: int(torch.searchsorted(sample, space.inf))]
-    m = sample.numel()
-    if m == 0:
-        return 0, space.max_finite
-    q = (r + 0.5) / eligible
-    half = 4.0 * math.sqrt(m * q * (1.0 - q)) + 8.0
-    i, j = math.floor(q * m - half), math.ceil(q * m + half)
-    b_lo = int(sample[i]) if i > 0 else 0
-    b_hi = int(sample[j]) if j < m else space.max_finite
-    return b_lo, b_hi
+    if not largest:
+        return smallest(count)
+    # Pruning the k largest keeps the (eligible - k) smallest.
+    top = smallest(eligible - count)
+    out = []
+    for p, t in zip(pieces, top, strict=True):
+        t.logical_not_()
+        if p.keep is not None:
+            t.logical_and_(p.keep.reshape(t.shape))
+        out.append(t)
+    return out
 
 
 # -- public API -----------------------------------------------------------------------------
@@ -285,32 +226,9 @@ def prune_magnitude(
     _exactly_one(sparsity, amount)
     _check_scope(scope)
     tensors, keeps = _targets(weights, mask, adapter)
-    for name, t in tensors.items():
-        _check_finite(name, t)
-    space = _KeySpace.for_tensors(tensors)
-    names = list(tensors)
-    numel = [tensors[n].numel() for n in names]
-    kept = [_kept_count(tensors[n], keeps.get(n)) for n in names]
-
-    if scope == "layer":
-        counts = _counts_to_prune(numel, kept, sparsity, amount, _labels(names))
-        pools = [([n], c, e) for n, c, e in zip(names, counts, kept, strict=True)]
-    else:
-        (count,) = _counts_to_prune([sum(numel)], [sum(kept)], sparsity, amount, ["`weights`"])
-        pools = [(names, count, sum(kept))]
-
-    out: dict[str, torch.Tensor] = {}
-    for pool, count, eligible in pools:
-        sub = {n: tensors[n] for n in pool}
-        sub_keeps = {n: keeps[n] for n in pool if n in keeps}
-        if largest:
-            # Pruning the k largest keeps the (eligible - k) smallest.
-            top = _select_smallest(sub, sub_keeps, eligible - count, space)
-            for n in pool:
-                out[n] = sub_keeps[n] & ~top[n] if n in sub_keeps else ~top[n]
-        else:
-            out.update(_select_smallest(sub, sub_keeps, count, space))
-    return Mask({n: out[n] for n in names})
+    parts = {n: LocalPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
+    out = magnitude_masks(parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest)
+    return Mask(out)
 
 
 def prune_random(

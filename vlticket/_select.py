@@ -1,0 +1,484 @@
+"""Exact k-smallest selection over many tensors by counting, without concatenating them.
+
+Magnitudes are compared as integer keys: the bit pattern of ``|w|`` read as a signed integer
+orders non-negative floats exactly and makes ties exact. One pass over the weights, in
+cache-sized chunks on a few threads, writes the candidate keep-masks (``key >= lo``) and
+collects the few entries whose key falls in a bracket ``[lo, hi]`` taken from a small sample;
+the exact k-th key is then read off those entries by narrowing histograms, and only they are
+corrected. A miss (rare) narrows the range with full-pass histograms instead.
+
+Every global quantity is a count, so the same code runs on sharded weights: the caller passes a
+``reduce(values, op)`` that sums (or maxes) small int64 arrays over ranks. Ties are pruned in
+"slot" order (tensor name order, then shard order, then row-major index inside a shard): an
+exclusive prefix of per-slot tie counts tells each piece how many of its ties to prune.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ArgumentError
+
+Reduce = Callable[[np.ndarray, str], np.ndarray]
+
+_CHUNK = 1 << 19  # elements per task: few enough tasks that Python overhead stays small
+_SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one
+_BLOCK = 16  # the sample reads runs of 16 neighbours: one cache line of float32
+_BINS = 1024  # histogram bins per narrowing round (4 rounds span float32's keys)
+_MIN_CAP = 1 << 16  # entries a pass may collect, at least (else 1/64 of the eligible ones)
+
+
+def local_reduce(values: np.ndarray, op: str) -> np.ndarray:
+    """The single-process reduction: nothing to combine."""
+    return values
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Non-negative floats as integers: float32 keys unless some tensor is float64."""
+
+    float_dtype: torch.dtype
+    np_int: type
+    abs_bits: int  # clears the sign bit
+    inf: int  # key of +inf; NaN keys are above it
+
+    @classmethod
+    def for_dtypes(cls, dtypes: Sequence[torch.dtype]) -> KeySpace:
+        if torch.float64 in dtypes:
+            return cls(torch.float64, np.int64, (1 << 63) - 1, 0x7FF0000000000000)
+        return cls(torch.float32, np.int32, (1 << 31) - 1, 0x7F800000)
+
+
+@dataclass
+class Piece:
+    """A tensor (or the local shard of one) taking part in a selection.
+
+    ``slot`` is its position in the global tie order; ``counted`` is False on replicas whose
+    entries another rank already counts.
+    """
+
+    name: str
+    weight: torch.Tensor
+    keep: torch.Tensor | None
+    slot: int
+    counted: bool = True
+
+    def __post_init__(self) -> None:
+        # Chunks are slices of the flat tensor: make it flat-addressable once, not per chunk.
+        self.weight = self.weight.detach().contiguous()
+        if self.keep is not None:
+            self.keep = self.keep.contiguous()
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+
+class _Scratch(threading.local):
+    """Per-thread chunk buffers, reused across tasks."""
+
+    def get(self, n: int, np_int: type) -> tuple[np.ndarray, np.ndarray]:
+        keys, band = getattr(self, "buffers", (None, None))
+        if keys is None or keys.size < n or keys.dtype != np_int:
+            keys, band = np.empty(_CHUNK, np_int), np.empty(_CHUNK, bool)
+            self.buffers = (keys, band)
+        return keys[:n], band[:n]
+
+
+_scratch = _Scratch()
+
+
+def _flat_numpy(t: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> np.ndarray:
+    """Entries ``[start, stop)`` of flat ``t`` as a CPU array of ``dtype`` (a view if possible)."""
+    c = t.detach().reshape(-1)[start:stop]
+    if c.device.type != "cpu" or c.dtype != dtype:
+        c = c.to("cpu", dtype)
+    return c.numpy()
+
+
+def _keys(piece: Piece, start: int, stop: int, space: KeySpace) -> np.ndarray:
+    keys, _ = _scratch.get(stop - start, space.np_int)
+    raw = _flat_numpy(piece.weight, start, stop, space.float_dtype).view(space.np_int)
+    return np.bitwise_and(raw, space.abs_bits, out=keys)
+
+
+def _keep(piece: Piece, start: int, stop: int) -> np.ndarray | None:
+    if piece.keep is None:
+        return None
+    return _flat_numpy(piece.keep, start, stop, torch.bool)
+
+
+def _tasks(pieces: Sequence[Piece]) -> list[tuple[int, int, int]]:
+    return [
+        (i, s, min(s + _CHUNK, p.numel))
+        for i, p in enumerate(pieces)
+        for s in range(0, p.numel, _CHUNK)
+    ]
+
+
+def _run(fn: Callable, tasks: list) -> list:
+    # numpy releases the GIL in its loops, so chunks run in parallel on torch's thread budget.
+    workers = min(torch.get_num_threads(), len(tasks))
+    if workers <= 1:
+        return [fn(t) for t in tasks]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, tasks))
+
+
+def count_true(t: torch.Tensor) -> int:
+    """Number of True entries of a bool tensor (NumPy's count is far faster on CPU)."""
+    if t.device.type == "cpu" and t.is_contiguous() and type(t) is torch.Tensor:
+        return int(np.count_nonzero(t.detach().numpy()))
+    return int(t.count_nonzero())
+
+
+def _eligible(piece: Piece) -> int:
+    return piece.numel if piece.keep is None else count_true(piece.keep)
+
+
+def _raise_nonfinite(pieces: Sequence[Piece], bad: np.ndarray, space: KeySpace) -> None:
+    """Raise for the first slot holding NaN or inf (every rank sees the same ``bad``)."""
+    slot = int(np.flatnonzero(bad)[0])
+    local = [p for p in pieces if p.slot == slot]
+    name = local[0].name if local else f"slot {slot}"
+    count = int(bad[slot])
+    raise ArgumentError(
+        f"`weights[{name!r}]` holds {count} NaN or inf values; magnitude pruning needs "
+        "finite weights"
+    )
+
+
+# -- passes over the weights ----------------------------------------------------------------
+@dataclass
+class _Scan:
+    n_ge: int  # eligible keys >= lo (counted pieces)
+    n_in: int  # eligible keys in [lo, hi] (counted pieces)
+    collected: list[tuple[np.ndarray, np.ndarray]] | None  # per piece: (flat index, key)
+
+
+def _scan(
+    pieces: Sequence[Piece],
+    outs: Sequence[np.ndarray],
+    lo: int,
+    hi: int,
+    cap: int,
+    space: KeySpace,
+) -> tuple[_Scan, dict[int, int]]:
+    """Write ``outs = eligible & key >= lo``; count, and collect entries with key in [lo, hi]."""
+    lock = threading.Lock()
+    state = {"collected": 0, "overflow": False}
+
+    def task(job: tuple[int, int, int]):
+        i, s, e = job
+        p = pieces[i]
+        keys = _keys(p, s, e, space)
+        _, band = _scratch.get(e - s, space.np_int)
+        out = outs[i][s:e]
+        np.greater_equal(keys, lo, out=out)
+        keep = _keep(p, s, e)
+        if keep is not None:
+            np.logical_and(out, keep, out=out)
+        np.less_equal(keys, hi, out=band)
+        np.logical_and(band, out, out=band)
+        idx = np.flatnonzero(band)
+        bad = int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
+        with lock:
+            state["collected"] += idx.size
+            if state["collected"] > cap:
+                state["overflow"] = True
+            keep_it = not state["overflow"]
+        got = None
+        if keep_it:
+            # Positions as int32 when they fit: the collected entries are most of the scratch.
+            at = idx.astype(np.int32 if p.numel < 2**31 else np.int64)
+            at += s
+            got = (at, keys[idx])
+        return np.count_nonzero(out), idx.size, bad, got
+
+    tasks = _tasks(pieces)
+    results = _run(task, tasks)
+    n_slots_bad: dict[int, int] = {}
+    n_ge = n_in = 0
+    for (i, _, _), (ge, inside, bad, _) in zip(tasks, results, strict=True):
+        if pieces[i].counted:
+            n_ge, n_in = n_ge + ge, n_in + inside
+        if bad:
+            n_slots_bad[pieces[i].slot] = n_slots_bad.get(pieces[i].slot, 0) + bad
+    collected = None
+    if not state["overflow"]:
+        per_piece: list[list] = [[] for _ in pieces]
+        for (i, _, _), r in zip(tasks, results, strict=True):
+            per_piece[i].append(r[3])
+        collected = [_concat(parts, space) for parts in per_piece]
+    return _Scan(n_ge, n_in, collected), n_slots_bad
+
+
+def _concat(parts: list, space: KeySpace) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, space.np_int)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _histogram(
+    pieces: Sequence[Piece], lo: int, width: int, hi: int, space: KeySpace
+) -> np.ndarray:
+    """Counts of eligible keys of counted pieces in ``_BINS`` bins of ``width`` from ``lo``."""
+
+    def task(job: tuple[int, int, int]) -> np.ndarray:
+        i, s, e = job
+        p = pieces[i]
+        keys = _keys(p, s, e, space)
+        sel = (keys >= lo) & (keys <= hi)
+        keep = _keep(p, s, e)
+        if keep is not None:
+            sel &= keep
+        return _bin(keys[sel], lo, width)
+
+    jobs = [t for t in _tasks(pieces) if pieces[t[0]].counted]
+    return sum(_run(task, jobs), np.zeros(_BINS, np.int64))
+
+
+def _bin(keys: np.ndarray, lo: int, width: int) -> np.ndarray:
+    b = (keys.astype(np.int64) - lo) // width
+    return np.bincount(b, minlength=_BINS).astype(np.int64)
+
+
+def _narrow(
+    counts: np.ndarray, lo: int, width: int, hi: int, rank: int
+) -> tuple[int, int, int, int]:
+    """The bin holding the entry of rank ``rank`` in the histogram: its key range, the number
+    of entries below it and in it."""
+    cum = np.cumsum(counts)
+    b = int(np.searchsorted(cum, rank, side="right"))
+    below = int(cum[b - 1]) if b else 0
+    b_lo = lo + b * width
+    return b_lo, min(hi, b_lo + width - 1), below, int(counts[b])
+
+
+def _width(lo: int, hi: int) -> int:
+    return -(-(hi - lo + 1) // _BINS)
+
+
+# -- the selection --------------------------------------------------------------------------
+def eligible_total(pieces: Sequence[Piece], reduce: Reduce = local_reduce) -> int:
+    counts = np.array([sum(_eligible(p) for p in pieces if p.counted)], np.int64)
+    return int(reduce(counts, "sum")[0])
+
+
+def check_finite(pieces: Sequence[Piece], n_slots: int, space: KeySpace, reduce: Reduce) -> None:
+    """Raise if any weight is NaN or inf (the selection passes check this on the way)."""
+
+    def task(job: tuple[int, int, int]) -> int:
+        i, s, e = job
+        keys = _keys(pieces[i], s, e, space)
+        return int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
+
+    tasks = _tasks(pieces)
+    bad = np.zeros(n_slots, np.int64)
+    for (i, _, _), b in zip(tasks, _run(task, tasks), strict=True):
+        if pieces[i].counted:
+            bad[pieces[i].slot] += b
+    bad = reduce(bad, "sum")
+    if bad.any():
+        _raise_nonfinite(pieces, bad, space)
+
+
+def keep_smallest_pruned(
+    pieces: Sequence[Piece],
+    k: int,
+    n_slots: int,
+    space: KeySpace,
+    reduce: Reduce = local_reduce,
+    *,
+    sample: int = _SAMPLE,
+    min_collect: int = _MIN_CAP,
+) -> list[torch.Tensor]:
+    """New keep-masks (bool, on each weight's device) pruning the ``k`` smallest eligible keys.
+
+    ``k`` counts over all ranks; every rank must call this with the same ``k`` and ``n_slots``.
+    ``sample`` magnitudes bracket the k-th one; a pass collects at most
+    ``max(min_collect, eligible // 64)`` entries.
+    """
+    total = eligible_total(pieces, reduce)
+    if k <= 0 or k >= total:
+        check_finite(pieces, n_slots, space, reduce)
+        return [_constant(p, keep_all=k <= 0) for p in pieces]
+
+    outs_t = [torch.empty(p.numel, dtype=torch.bool) for p in pieces]
+    outs = [o.numpy() for o in outs_t]
+    cap = max(min_collect, total // 64)
+    r = k - 1  # rank (0-based) of the last key pruned
+    lo, hi, c_lo, c_hi = 0, space.inf - 1, 0, total
+    b_lo, b_hi = _sample_bracket(pieces, r, total, sample, space, reduce)
+    t = None
+    while t is None:
+        scan, bad = _scan(pieces, outs, b_lo, b_hi, cap, space)
+        counts = np.zeros(3 + n_slots, np.int64)
+        counts[:3] = scan.n_ge, scan.n_in, scan.collected is None
+        for slot, b in bad.items():
+            counts[3 + slot] = b
+        counts = reduce(counts, "sum")
+        if counts[3:].any():
+            _raise_nonfinite(pieces, counts[3:], space)
+        n_lt = total - int(counts[0])
+        n_le = n_lt + int(counts[1])
+        if r < n_lt:
+            hi, c_hi = b_lo - 1, n_lt
+        elif r >= n_le:
+            lo, c_lo = b_hi + 1, n_le
+        elif not counts[2]:
+            counted = [c for c, p in zip(scan.collected, pieces, strict=True) if p.counted]
+            t, below = _refine(counted, b_lo, b_hi, r - n_lt, reduce)
+            _finish_collected(pieces, outs, scan.collected, t, k - n_lt - below, n_slots, reduce)
+            break
+        else:
+            lo, hi, c_lo, c_hi = b_lo, b_hi, n_lt, n_le
+        while c_hi - c_lo > cap and lo < hi:
+            width = _width(lo, hi)
+            hist = reduce(_histogram(pieces, lo, width, hi, space), "sum")
+            lo, hi, below, inside = _narrow(hist, lo, width, hi, r - c_lo)
+            c_lo, c_hi = c_lo + below, c_lo + below + inside
+        if lo == hi:
+            t = lo
+            _finish_threshold(pieces, outs, t, k - c_lo, n_slots, space, reduce)
+            break
+        b_lo, b_hi = lo, hi
+    return [
+        o.reshape(p.weight.shape).to(p.weight.device) for o, p in zip(outs_t, pieces, strict=True)
+    ]
+
+
+def _constant(p: Piece, keep_all: bool) -> torch.Tensor:
+    if not keep_all:
+        return torch.zeros_like(p.weight, dtype=torch.bool)
+    if p.keep is None:
+        return torch.ones_like(p.weight, dtype=torch.bool)
+    return p.keep.reshape(p.weight.shape).clone()
+
+
+def _sample_bracket(
+    pieces: Sequence[Piece], r: int, total: int, size: int, space: KeySpace, reduce: Reduce
+) -> tuple[int, int]:
+    """A key range holding the key of rank ``r`` with high probability, from a sparse sample.
+
+    On several ranks the range spans every rank's local range: the global quantile of a
+    mixture lies between the quantiles of its parts.
+    """
+    counted = [p for p in pieces if p.counted]
+    local = sum(p.numel for p in counted)
+    fraction = min(1.0, size / max(1, local))
+    parts = [_sample_piece(p, fraction, space) for p in counted]
+    sample = np.concatenate(parts) if parts else np.empty(0, space.np_int)
+    m = sample.size
+    lo, hi = space.inf - 1, 0  # neutral for min / max when this rank has no sample
+    if m:
+        q = (r + 0.5) / total
+        # Runs of neighbours are correlated: a wider margin than independent draws need.
+        half = 5.0 * math.sqrt(m * q * (1.0 - q)) + 16.0
+        i, j = math.floor(q * m - half), math.ceil(q * m + half)
+        picks = [x for x in (i, j) if 0 <= x < m]
+        part = np.partition(sample, picks) if picks else sample
+        lo = int(part[i]) if i >= 0 else 0
+        hi = int(part[j]) if j < m else space.inf - 1
+    both = reduce(np.array([-lo, hi], np.int64), "max")
+    lo, hi = -int(both[0]), int(both[1])
+    return (lo, hi) if lo <= hi else (0, space.inf - 1)
+
+
+def _sample_piece(p: Piece, fraction: float, space: KeySpace) -> np.ndarray:
+    """Eligible keys of runs of ``_BLOCK`` neighbours spread evenly over the piece."""
+    w = p.weight.reshape(-1)
+    keep = p.keep.reshape(-1) if p.keep is not None else None
+    blocks = w.numel() // _BLOCK
+    if fraction < 1.0 and blocks >= 4:
+        step = max(1, round(1.0 / fraction))
+        w = w[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
+        if keep is not None:
+            keep = keep[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
+    vals = w.reshape(-1).to("cpu", space.float_dtype).numpy().view(space.np_int)
+    keys = np.bitwise_and(vals, space.abs_bits)
+    if keep is not None:
+        keys = keys[keep.reshape(-1).cpu().numpy()]
+    return keys
+
+
+def _refine(
+    collected: list[tuple[np.ndarray, np.ndarray]], lo: int, hi: int, rank: int, reduce: Reduce
+) -> tuple[int, int]:
+    """The key of rank ``rank`` among the collected keys (over all ranks) in [lo, hi], and how
+    many collected keys are below it, by histograms of counts only."""
+    keys = np.concatenate([c[1] for c in collected]) if collected else np.empty(0, np.int64)
+    below = 0
+    while lo < hi:
+        keys = keys[(keys >= lo) & (keys <= hi)]
+        width = _width(lo, hi)
+        hist = reduce(_bin(keys, lo, width), "sum")
+        lo, hi, b, _ = _narrow(hist, lo, width, hi, rank)
+        rank, below = rank - b, below + b
+    return lo, below
+
+
+def _tie_prefix(pieces: Sequence[Piece], ties: Sequence[int], n_slots: int, reduce: Reduce):
+    """How many ties come before each slot, in slot order, over all ranks."""
+    counts = np.zeros(n_slots, np.int64)
+    for p, n in zip(pieces, ties, strict=True):
+        if p.counted:
+            counts[p.slot] += n
+    counts = reduce(counts, "sum")
+    return np.cumsum(counts) - counts
+
+
+def _finish_collected(pieces, outs, collected, t: int, ties: int, n_slots: int, reduce) -> None:
+    """Prune the collected entries below ``t`` and the first ``ties`` entries equal to it."""
+    tie_idx = []
+    for out, (idx, keys) in zip(outs, collected, strict=True):
+        out[idx[keys < t]] = False
+        tie_idx.append(idx[keys == t])
+    before = _tie_prefix(pieces, [x.size for x in tie_idx], n_slots, reduce)
+    for p, out, idx in zip(pieces, outs, tie_idx, strict=True):
+        take = min(max(ties - int(before[p.slot]), 0), idx.size)
+        out[idx[:take]] = False
+
+
+def _finish_threshold(pieces, outs, t: int, ties: int, n_slots: int, space, reduce) -> None:
+    """Two passes when the k-th key is known but its ties were too many to collect."""
+
+    def keys_and_ties(job):
+        i, s, e = job
+        keys = _keys(pieces[i], s, e, space)
+        eq = keys == t
+        np.greater(keys, t, out=outs[i][s:e])
+        keep = _keep(pieces[i], s, e)
+        if keep is not None:
+            np.logical_and(outs[i][s:e], keep, out=outs[i][s:e])
+            eq &= keep
+        return eq
+
+    def count(job) -> int:
+        return int(np.count_nonzero(keys_and_ties(job)))
+
+    tasks = _tasks(pieces)
+    per_task = _run(count, tasks)
+    local = [0] * len(pieces)
+    offset = []  # ties before each task inside its piece
+    for (i, _, _), n in zip(tasks, per_task, strict=True):
+        offset.append(local[i])
+        local[i] += n
+    before = _tie_prefix(pieces, local, n_slots, reduce)
+
+    def unprune(job_offset) -> None:
+        (i, s, e), off = job_offset
+        take = min(max(ties - int(before[pieces[i].slot]), 0), local[i])
+        if off + int(np.count_nonzero(keys_and_ties((i, s, e)))) <= take:
+            return
+        idx = np.flatnonzero(keys_and_ties((i, s, e)))
+        outs[i][s + idx[max(take - off, 0) :]] = True
+
+    _run(unprune, list(zip(tasks, offset, strict=True)))
