@@ -100,3 +100,46 @@ def test_attach_refuses_views(tiny_net):
     mask = vlticket.Mask({"fc1.weight": torch.ones(4, 8, dtype=torch.bool)})
     with pytest.raises(ArgumentError, match="leaf"):
         mask.attach(view)
+
+
+def test_bad_optimizer_is_refused_before_the_model_changes(tiny_net):
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    before = tiny_net.fc1.weight.detach().clone()
+    with pytest.raises(ArgumentError, match="optimizer"):
+        mask.attach(tiny_net, tiny_net.parameters())
+    assert torch.equal(tiny_net.fc1.weight, before)
+    tiny_net(torch.randint(0, 10, (4, 3))).sum().backward()  # no hook was left behind
+    assert torch.any(tiny_net.fc1.weight.grad[~mask["fc1.weight"]] != 0)
+
+
+class WrappedOptimizer(torch.optim.Optimizer):
+    """Like accelerate's AcceleratedOptimizer: a subclass that skips Optimizer.__init__."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def step(self, closure=None):
+        return self.optimizer.step(closure)
+
+    def zero_grad(self, set_to_none=True):
+        self.optimizer.zero_grad(set_to_none)
+
+
+def test_wrapped_optimizer_is_hooked_through_its_inner_one(tiny_net):
+    opt = WrappedOptimizer(torch.optim.AdamW(tiny_net.parameters(), lr=1e-2, weight_decay=0.1))
+    _train(tiny_net, opt, 3)
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
+    with mask.attach(tiny_net, opt):
+        _train(tiny_net, opt, 10)
+        _assert_zero(tiny_net, mask)
+
+
+def test_dense_optimizer_state_is_cleared_for_pruned_weights(tiny_net):
+    opt = torch.optim.Adam(tiny_net.parameters(), lr=1e-2)
+    _train(tiny_net, opt, 3)
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
+    with mask.attach(tiny_net, opt):
+        state = opt.state[tiny_net.fc2.weight]
+        pruned = ~mask["fc2.weight"]
+        assert torch.all(state["exp_avg"][pruned] == 0)
+        assert torch.all(state["exp_avg_sq"][pruned] == 0)

@@ -83,3 +83,25 @@ def test_batched_image_embeds_match_vilt_own_embedding():
             input_ids=b["input_ids"], attention_mask=b["attention_mask"], pixel_values=pixels
         ).logits
     assert torch.allclose(fast, own, atol=1e-5)
+
+
+def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
+    # Every training run starts from exactly its own mask: no baseline inherits another's zeros.
+    pytest.importorskip("easy_vqa")
+    from vlticket import _demo_model
+
+    real_train, checked = _demo_model.train, []
+
+    def train(model, *args, attach, **kwargs):
+        handle = getattr(attach, "__self__", None)
+        if isinstance(handle, vlticket.MaskHandle):
+            params = vlticket.adapter_for(model).prunable(model)
+            zeros = sum(int((params[n] == 0).sum()) for n in handle.mask)
+            assert all(torch.all(params[n][~k] == 0) for n, k in handle.mask.items())
+            assert zeros <= handle.mask.num_pruned + 5  # kept weights are (almost) never 0
+            checked.append(handle.mask.sparsity)
+        return real_train(model, *args, attach=attach, **kwargs)
+
+    monkeypatch.setattr(_demo_model, "train", train)
+    assert demo.run(parse("--tiny", "--out", str(tmp_path / "demo"))) == 0
+    assert len(checked) >= 5  # random and θ0'' for both tasks, and the transfer

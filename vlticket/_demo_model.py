@@ -66,7 +66,10 @@ def forward(
 ) -> torch.Tensor:
     """Logits from embedding inputs (what adversarial training perturbs)."""
     n_img = embeddings["image_embeds"].shape[1]
-    pixel_mask = torch.ones(embeddings["image_embeds"].shape[0], n_img, dtype=torch.long)
+    image_embeds = embeddings["image_embeds"]
+    pixel_mask = torch.ones(
+        image_embeds.shape[0], n_img, dtype=torch.long, device=image_embeds.device
+    )
     return model(
         inputs_embeds=embeddings["inputs_embeds"],
         attention_mask=b["attention_mask"],

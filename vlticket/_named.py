@@ -35,6 +35,15 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+def model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the (unwrapped) model, as the live tensors.
+
+    What a full rewind copies: ``Checkpoint.capture(model_state(m))`` snapshots the task head and
+    batch-norm statistics too, and ``ckpt.restore(model_state(m))`` writes into the model itself.
+    """
+    return dict(unwrap(module).state_dict(keep_vars=True))
+
+
 def default_prunable(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every floating-point parameter with two or more dimensions (weight matrices, kernels)."""
     params = unwrap(module).named_parameters()

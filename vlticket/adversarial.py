@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._named import unwrap
 from .errors import ArgumentError
 
 Embed = Callable[[Any], Mapping[str, torch.Tensor]]
@@ -164,7 +165,7 @@ def vilt_hooks(model: nn.Module) -> tuple[Embed, Forward]:
     ``token_type_ids``, ``pixel_mask``), as ViltProcessor makes it. The forward returns
     ``.logits`` (the pooled output for a bare ``ViltModel``).
     """
-    vilt = _backbone(model, "vilt")
+    vilt = _backbone(unwrap(model), "vilt")
 
     def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         emb = vilt.embeddings
@@ -199,7 +200,7 @@ def lxmert_hooks(model: nn.Module) -> tuple[Embed, Forward]:
     ``attention_mask``, ``token_type_ids``, ``visual_attention_mask``). The forward returns
     ``question_answering_score`` (the pooled output for a bare ``LxmertModel``).
     """
-    lxmert = _backbone(model, "lxmert")
+    lxmert = _backbone(unwrap(model), "lxmert")
 
     def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         words = lxmert.embeddings.word_embeddings(batch["input_ids"])

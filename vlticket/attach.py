@@ -42,10 +42,29 @@ def _zero_pruned(t: torch.Tensor, keep: torch.Tensor) -> None:
         t.mul_(keep)
 
 
+def _hookable(optimizer: object) -> torch.optim.Optimizer:
+    """The optimizer whose ``step()`` runs: wrappers such as accelerate's hold it in
+    ``.optimizer`` and may skip ``Optimizer.__init__``, so hooks must go on the inner one."""
+    while not hasattr(optimizer, "_optimizer_step_post_hooks") and isinstance(
+        getattr(optimizer, "optimizer", None), torch.optim.Optimizer
+    ):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer) or not hasattr(
+        optimizer, "_optimizer_step_post_hooks"
+    ):
+        raise ArgumentError(
+            f"`optimizer`: expected a torch.optim.Optimizer, found {type(optimizer).__name__}"
+        )
+    return optimizer
+
+
 class MaskHandle:
     """An attached mask. ``remove()`` detaches it; usable as a context manager.
 
     Parameters keep their identity and ``state_dict()`` keys never change while attached.
+    Gradients are masked for parameters that require grad when the mask is attached (attach
+    again after unfreezing one). Loading weights into the model while attached puts pruned
+    values back until the next ``optimizer.step()``; call ``mask.apply(model)`` after a load.
     """
 
     def __init__(
@@ -60,6 +79,7 @@ class MaskHandle:
                     f"cannot attach to {name!r}: expected a leaf parameter, found a view or a "
                     "computed tensor; give the adapter's or module's own parameters"
                 )
+        step_owner = _hookable(optimizer) if optimizer is not None else None  # check first
         self.mask = mask
         self._keep = {n: mask[n].to(p.device) for n, p in params.items()}
         self._params = dict(params)
@@ -68,8 +88,8 @@ class MaskHandle:
         for name, p in self._params.items():
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
-        if optimizer is not None:
-            self.add_optimizer(optimizer)
+        if step_owner is not None:
+            self._add(step_owner)
 
     def _grad_hook(self, name: str):
         keep = self._keep[name]
@@ -86,11 +106,19 @@ class MaskHandle:
             _zero_pruned(p, self._keep[name])
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Re-zero the pruned weights after each ``optimizer.step()`` (one more optimizer)."""
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ArgumentError(
-                f"`optimizer`: expected a torch.optim.Optimizer, found {type(optimizer).__name__}"
-            )
+        """Re-zero the pruned weights after each ``optimizer.step()`` (one more optimizer).
+
+        The optimizer's state for pruned weights (momentum, Adam moments from dense training)
+        is zeroed too, so it carries nothing over to them.
+        """
+        self._add(_hookable(optimizer))
+
+    @torch.no_grad()
+    def _add(self, optimizer: torch.optim.Optimizer) -> None:
+        for name, p in self._params.items():
+            for value in optimizer.state.get(p, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    _zero_pruned(value, self._keep[name])
         self._hooks.append(optimizer.register_step_post_hook(self._zero_weights))
 
     @property

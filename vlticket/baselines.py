@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._named import NameMap
+from ._named import NameMap, model_state
 from .attach import MaskHandle
 from .errors import ArgumentError
 from .masks import Mask
@@ -40,8 +40,7 @@ def _check(model: nn.Module, ticket: Mask, init: Checkpoint) -> None:
 
 
 def _reset(model: nn.Module, init: Checkpoint) -> None:
-    # keep_vars: the live parameters and buffers, so the copy lands in the model itself
-    init.restore(dict(model.state_dict(keep_vars=True)))
+    init.restore(model_state(model))
 
 
 def _shapes_only(mask: Mask) -> dict[str, torch.Tensor]:

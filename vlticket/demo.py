@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import _demo_data, _demo_model, _demo_report, _files, baselines
+from ._named import model_state
 from .errors import VlticketError
 from .metrics import iou
 from .rewind import Checkpoint
@@ -143,7 +144,7 @@ def _find_ticket(model, adapter, theta0, task: str, data, s, out: Path) -> Ticke
     run_dir = out / f"task_{task}"
     if (run_dir / "run.json").exists():  # a demo always starts afresh: numbers from this run
         shutil.rmtree(run_dir)
-    theta0.restore(dict(model.state_dict(keep_vars=True)))
+    theta0.restore(model_state(model))
     search = TicketSearch(
         model,
         sparsity=s["sparsity"],
@@ -183,7 +184,7 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
     model = _demo_model.build_model(len(data.vocab), len(data.answers))
     adapter = adapter_for(model)
     pre_steps, pre_acc = _pretrain(model, data, s)
-    theta0 = Checkpoint.capture(dict(model.state_dict(keep_vars=True)))
+    theta0 = Checkpoint.capture(model_state(model))
     results: dict[str, Any] = {"settings": s, "pretrain": {"steps": pre_steps, "colour": pre_acc}}
     searches = {task: _find_ticket(model, adapter, theta0, task, data, s, out) for task in "AB"}
     rows = {}
@@ -191,19 +192,20 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         train, test = data.train.task(task), data.test.task(task)
         ticket = search.mask
         seed = s["seed"] * 1000 + 999
-        rand = baselines.random_pruning(model, ticket, theta0, seed=s["seed"], adapter=adapter)
-        shuf = baselines.shuffled_weights(model, ticket, theta0, seed=s["seed"], adapter=adapter)
         dense = search.history[0]["metrics"]["accuracy"]
         relaxed = relaxed_ticket(search.history, p=0.99)
-        rows[task] = {
+        row = rows[task] = {
             "dense": dense,
             "dense_99": 0.99 * dense,
             "sparsity": ticket.sparsity,
             "imp": search.history[-1]["metrics"]["accuracy"],
-            "random": _fit(model, rand, train, data, test, s, seed),
-            "shuffled": _fit(model, shuf, train, data, test, s, seed),
             "relaxed_sparsity": relaxed.sparsity if relaxed else None,
         }
+        # The baselines share the model: each is put in place just before it is trained.
+        rand = baselines.random_pruning(model, ticket, theta0, seed=s["seed"], adapter=adapter)
+        row["random"] = _fit(model, rand, train, data, test, s, seed)
+        shuf = baselines.shuffled_weights(model, ticket, theta0, seed=s["seed"], adapter=adapter)
+        row["shuffled"] = _fit(model, shuf, train, data, test, s, seed)
         ticket.save(out / f"ticket_{task}.safetensors", metadata={"task": task})
     a, b = searches["A"].mask, searches["B"].mask
     handle = baselines.transfer(model, a, theta0, adapter=adapter)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._named import NameMap
+from ._named import NameMap, model_state, named_tensors
 from ._run_dir import INIT, REWIND, RunDir
 from .errors import ArgumentError, FileFormatError, VlticketError
 from .masks import Mask
@@ -47,12 +47,6 @@ def prune_schedule(numel: int, sparsity: float, amount: float, one_shot: bool = 
         step = round(amount * (numel - counts[-1]))
         counts.append(target if step == 0 else min(target, counts[-1] + step))
     return counts
-
-
-def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    # Parameters and floating-point buffers (e.g. batch-norm statistics) are all rewound;
-    # keep_vars gives the live tensors so a restore writes into them.
-    return dict(model.state_dict(keep_vars=True))
 
 
 def _number(name: str, value: Any) -> float:
@@ -88,6 +82,8 @@ class Round:
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Re-zero pruned weights after every ``optimizer.step()`` (call once per optimizer)."""
+        if self._search._round is not self:
+            raise VlticketError(f"round {self.index} is over: attach to the running round")
         self._search._handle.add_optimizer(optimizer)
 
     def step(self) -> None:
@@ -101,8 +97,9 @@ class Round:
         """
         if self.metrics is not None:
             raise VlticketError(f"round {self.index} was already reported")
-        self.metrics = {name: _number(name, v) for name, v in metrics.items()}
-        self._search._finish(self)
+        numbers = {name: _number(name, v) for name, v in metrics.items()}
+        self._search._finish(self, numbers)
+        self.metrics = numbers
 
     def __repr__(self) -> str:
         return f"Round({self.index}, sparsity={self.sparsity:.4f})"
@@ -210,7 +207,7 @@ class TicketSearch:
         if self._run is not None:
             self._masks = {}  # on disk: keep one mask in memory, not one per round
             self._run.save_mask(index, mask)
-        self._masks[index] = mask
+        self._masks[index] = mask.to("cpu")  # without a run_dir, one byte per weight per round
 
     def _commit(self, entry: dict[str, Any]) -> None:
         self.history.append(entry)
@@ -262,7 +259,7 @@ class TicketSearch:
         self._steps += 1
         self._round.steps += 1
         if self._round.index == 0 and self._steps == self.args["rewind_step"]:
-            self._rewind = Checkpoint.capture(_model_state(self.model))
+            self._rewind = Checkpoint.capture(model_state(self.model))
             self._save_checkpoint(self._rewind, REWIND)
             logger.info("captured the rewind point θi at step %d", self._steps)
 
@@ -275,7 +272,7 @@ class TicketSearch:
     def _start_weights(self, index: int) -> Checkpoint:
         if index == 0:
             if self._init is None:
-                self._init = Checkpoint.capture(_model_state(self.model))
+                self._init = Checkpoint.capture(model_state(self.model))
                 self._save_checkpoint(self._init, INIT)
             return self._init
         ckpt = self.rewind_checkpoint
@@ -303,7 +300,7 @@ class TicketSearch:
         mask = self.mask_at(index)
         if index == 0 and self._run is not None and not self._run.mask_path(0).exists():
             self._save_mask(0, mask)
-        self._start_weights(index).restore(_model_state(self.model))
+        self._start_weights(index).restore(model_state(self.model))
         self._steps = 0
         self._handle = mask.attach(self.model, adapter=self.adapter)
         last = index == len(self.schedule) - 1
@@ -319,10 +316,11 @@ class TicketSearch:
         bar.update(1)
         bar.set_postfix({"sparsity": f"{mask.sparsity:.3f}", **rnd.metrics})
 
-    def _finish(self, rnd: Round) -> None:
+    def _finish(self, rnd: Round, metrics: dict[str, float]) -> None:
         """End ``rnd``: prune the next mask from the trained weights, save, then commit."""
         seconds = time.perf_counter() - self._began
         index, mask = rnd.index, rnd.mask
+        self._check_still_pruned(rnd)
         if index == 0 and self.args["rewind_step"] and self._rewind is None:
             raise VlticketError(
                 f"`rewind_step`={self.args['rewind_step']} but round 0 made only {rnd.steps} "
@@ -339,12 +337,25 @@ class TicketSearch:
                 "round": index,
                 "sparsity": mask.sparsity,
                 "kept": mask.num_kept,
-                "metrics": rnd.metrics,
+                "metrics": metrics,
                 "seconds": round(seconds, 3),
                 "steps": rnd.steps,
             }
         )
-        logger.info("round %d: sparsity %.4f, %s", index, mask.sparsity, rnd.metrics)
+        logger.info("round %d: sparsity %.4f, %s", index, mask.sparsity, metrics)
+
+    def _check_still_pruned(self, rnd: Round) -> None:
+        # An optimizer that was not attached to this round (e.g. made before the loop) revives
+        # pruned weights through its momentum; the reported metric would belong to a denser net.
+        params = named_tensors(self.model, adapter=self.adapter)
+        for name, keep in rnd.mask.items():
+            revived = int(params[name].detach()[~keep.to(params[name].device)].count_nonzero())
+            if revived:
+                raise VlticketError(
+                    f"round {rnd.index}: {revived} pruned weights of {name!r} are non-zero, so "
+                    "the reported metric is not the subnetwork's; attach every optimizer to each "
+                    "round with `rnd.attach(optimizer)`"
+                )
 
     def __repr__(self) -> str:
         return (
