@@ -37,7 +37,7 @@ DEFAULTS = {
     "steps": 120,
     "batch_size": 32,
     "lr": 1e-3,
-    "sparsity": 0.9,
+    "sparsity": 0.95,
     "amount": 0.3,
 }
 TINY = {"pretrain_steps": 40, "steps": 8, "sparsity": 0.5, "amount": 0.5, "max_images": 200}
