@@ -184,3 +184,17 @@ def test_pull_of_a_missing_repo_is_exit_1(hub, tmp_path, capsys):  # noqa: F811
     assert main(["pull", "alice/none", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert "vlticket pull: error:" in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_is_not_an_error(tickets):
+    # `vlticket inspect ... | head` closes stdout early; the command ends quietly with 0.
+    code = (
+        "import sys, vlticket.cli as c\n"
+        "class Closed:\n"
+        "    def write(self, s): raise BrokenPipeError(32, 'Broken pipe')\n"
+        "    def flush(self): pass\n"
+        "sys.stdout = Closed()\n"
+        f"sys.exit(c.main(['inspect', {next(iter(tickets))!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and "Broken pipe" not in run.stderr

@@ -27,7 +27,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     for task in "AB":
         row = results["rows"][task]
-        ticket = vlticket.Mask.load(out / f"ticket_{task}.safetensors")
+        ticket = vlticket.Mask.from_pretrained(out / f"ticket_{task}")
         assert ticket.sparsity == pytest.approx(0.5, abs=1e-6)
         assert row["sparsity"] == ticket.sparsity
         history = json.loads((out / f"task_{task}" / "history.json").read_text())["rounds"]
@@ -40,8 +40,8 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert f"{results['iou_A_B']:.3f}" in printed
     assert f"{results['transfer_A_to_B']:.3f}" in printed
     iou = vlticket.iou(
-        vlticket.Mask.load(out / "ticket_A.safetensors"),
-        vlticket.Mask.load(out / "ticket_B.safetensors"),
+        vlticket.Mask.from_pretrained(out / "ticket_A"),
+        vlticket.Mask.from_pretrained(out / "ticket_B"),
     )
     assert iou == results["iou_A_B"]
     assert (out / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.run(args)
+    except BrokenPipeError:  # `vlticket inspect ... | head`: the reader left, not an error
+        sys.stderr.close()
+        return EXIT_OK
     except _expected_errors() as e:
         print(f"vlticket {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILURE

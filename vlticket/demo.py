@@ -206,7 +206,20 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         row["random"] = _fit(model, rand, train, data, test, s, seed)
         shuf = baselines.shuffled_weights(model, ticket, theta0, seed=s["seed"], adapter=adapter)
         row["shuffled"] = _fit(model, shuf, train, data, test, s, seed)
-        ticket.save(out / f"ticket_{task}.safetensors", metadata={"task": task})
+        ticket.save_pretrained(  # a ticket folder: `vlticket inspect` shows it by group
+            out / f"ticket_{task}",
+            adapter=adapter,
+            method="imp",
+            amount=s["amount"],
+            rounds=len(search.history) - 1,
+            rewind_step=0,
+            scope="global",
+            seed=s["seed"],
+            task=f"easy-vqa colour {task}",
+            metric="accuracy",
+            score=row["imp"],
+            dense_score=dense,
+        )
     a, b = searches["A"].mask, searches["B"].mask
     handle = baselines.transfer(model, a, theta0, adapter=adapter)
     seed = s["seed"] * 1000 + 998
