@@ -132,10 +132,11 @@ def test_demo_is_delegated(monkeypatch, capsys):
     fake = types.ModuleType("vlticket.demo")
     fake.__doc__ = "Fake demo."
     fake.configure_parser = lambda p: p.add_argument("--steps", type=int, default=1)
-    fake.run = lambda args: seen.setdefault("steps", args.steps) and 0
+    fake.run = lambda args: seen.setdefault("steps", args.steps) and "the demo's report"
     monkeypatch.setitem(sys.modules, "vlticket.demo", fake)
     assert main(["demo", "--steps", "3"]) == 0
     assert seen == {"steps": 3}
+    assert capsys.readouterr().out == "the demo's report\n"
     assert main(["demo", "--help"]) == 0
     assert "--steps" in capsys.readouterr().out
 

@@ -11,6 +11,7 @@ import torch
 
 import vlticket
 from vlticket import _demo_data, demo
+from vlticket.cli import main
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -22,7 +23,7 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_tiny_demo_end_to_end(tmp_path, capsys):
     pytest.importorskip("easy_vqa")
     out = tmp_path / "demo"
-    assert demo.run(parse("--tiny", "--out", str(out))) == 0
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     for task in "AB":
@@ -46,7 +47,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert iou == results["iou_A_B"]
     assert (out / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a second run starts afresh instead of resuming the first one's rounds
-    assert demo.run(parse("--tiny", "--out", str(out))) == 0
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == results["rows"]
 
@@ -61,7 +62,7 @@ def test_missing_extra_gives_a_clear_message(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "easy_vqa", None)  # import easy_vqa now raises ImportError
     with pytest.raises(_demo_data.DemoExtraMissing, match=r"pip install 'vlticket\[demo\]'"):
         _demo_data.require_demo_extra()
-    assert demo.run(parse("--tiny", "--out", str(tmp_path))) == 2
+    assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 1
     assert "easy-vqa" in capsys.readouterr().err
 
 
@@ -103,5 +104,5 @@ def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
         return real_train(model, *args, attach=attach, **kwargs)
 
     monkeypatch.setattr(_demo_model, "train", train)
-    assert demo.run(parse("--tiny", "--out", str(tmp_path / "demo"))) == 0
+    assert main(["demo", "--tiny", "--out", str(tmp_path / "demo")]) == 0
     assert len(checked) >= 5  # random and θ0'' for both tasks, and the transfer

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,7 +128,24 @@ def _add_demo(sub: Any, with_demo: bool) -> None:
         return
     p = sub.add_parser("demo", help=help_text, description=(demo.__doc__ or "").strip() or None)
     demo.configure_parser(p)
-    p.set_defaults(run=demo.run)
+    p.set_defaults(run=lambda args: _demo(demo, args))
+
+
+def _demo(demo: Any, args: argparse.Namespace) -> int:
+    progress = logging.getLogger("vlticket.demo")
+    handler = None
+    if not logging.getLogger().handlers and not progress.handlers:  # progress on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+    try:
+        report = demo.run(args)
+    finally:
+        if handler is not None:
+            progress.removeHandler(handler)
+    print(report)
+    return EXIT_OK
 
 
 def _command(argv: list[str]) -> str | None:

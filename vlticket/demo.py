@@ -235,36 +235,21 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
     return results
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the demo with parsed ``args``; print the table. Returns the exit code."""
-    handler = None
-    if not logging.getLogger().handlers and not logger.handlers:  # show progress on stderr
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    try:
-        settings = _settings(args)
-        out = Path(args.out)
-        logger.info("vlticket demo: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
-        results = study(settings, out)
-    except VlticketError as e:
-        print(f"vlticket demo: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-    print(_demo_report.format_table(results))
-    print(f"\nmasks, history and plot written to {out}/")
-    return 0
+def run(args: argparse.Namespace) -> str:
+    """Run the demo with parsed ``args``; return the report that ``vlticket demo`` prints."""
+    settings = _settings(args)
+    out = Path(args.out)
+    logger.info("vlticket demo: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
+    results = study(settings, out)
+    table = _demo_report.format_table(results)
+    return f"{table}\n\nmasks, history and plot written to {out}/"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlticket.demo", description=__doc__)
-    configure_parser(parser)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("vlticket.search").setLevel(logging.WARNING)  # the demo logs its rounds
-    return run(parser.parse_args(argv))
+    """``python -m vlticket.demo``: the same as ``vlticket demo``."""
+    from .cli import main as cli_main
+
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
