@@ -18,6 +18,7 @@ from torch import nn
 
 from . import _files
 from ._named import NameMap, Weights, check_layout, default_prunable, named_tensors
+from ._select import count_true
 from .errors import ArgumentError, FileFormatError
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     @property
     def num_kept(self) -> int:
-        return sum(int(t.count_nonzero()) for t in self._data.values())
+        return sum(count_true(t) for t in self._data.values())
 
     @property
     def num_pruned(self) -> int:
@@ -156,8 +157,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
     def layer_sparsity(self) -> dict[str, float]:
         """Pruned fraction of each tensor, by name."""
         return {
-            n: 1.0 - int(t.count_nonzero()) / t.numel() if t.numel() else 0.0
-            for n, t in self._data.items()
+            n: 1.0 - count_true(t) / t.numel() if t.numel() else 0.0 for n, t in self._data.items()
         }
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

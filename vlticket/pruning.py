@@ -138,8 +138,9 @@ def magnitude_masks(
     names = list(parts)
     space = KeySpace.for_dtypes([p.weight.dtype for p in parts.values()])
     numel = [parts[n].numel for n in names]
-    local_kept = [_kept_count(parts[n].weight, parts[n].keep) if parts[n].counted else 0
-                  for n in names]
+    local_kept = [
+        _kept_count(parts[n].weight, parts[n].keep) if parts[n].counted else 0 for n in names
+    ]
     kept = [int(x) for x in reduce(np.array(local_kept, np.int64), "sum")] if names else []
 
     if scope == "layer":
@@ -174,6 +175,7 @@ def select_masks(
     reduce: Reduce = local_reduce,
 ) -> list[torch.Tensor]:
     """Keep-masks pruning ``count`` of the ``eligible`` weights of ``pieces`` by magnitude."""
+
     def smallest(k: int) -> list[torch.Tensor]:
         return keep_smallest_pruned(
             pieces, k, n_slots, space, reduce, sample=_SAMPLE_SIZE, min_collect=_MIN_COLLECT
@@ -275,7 +277,7 @@ def prune_random(
         check_layout(like.shapes(), tensors, what="`like`", where="`weights`")
         counts = []
         for n, e in zip(names, kept, strict=True):
-            target = int(like[n].count_nonzero())
+            target = count_true(like[n])
             if target > e:
                 raise ShapeMismatchError(
                     f"tensor {n!r}: `like` keeps {target} weights but only {e} are kept in `mask`"
@@ -301,7 +303,7 @@ def prune_random(
         )
         if count:
             eligible = keep.nonzero().reshape(-1) if n in keeps else None
-            chosen = torch.from_numpy(rng.choice(int(keep.count_nonzero()), count, replace=False))
+            chosen = torch.from_numpy(rng.choice(count_true(keep), count, replace=False))
             keep[chosen if eligible is None else eligible[chosen]] = False
         out[n] = keep.reshape(t.shape).to(t.device)
     return Mask(out)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ._named import NameMap, model_state, named_tensors
 from ._run_dir import INIT, REWIND, RunDir
+from ._select import count_true
 from .errors import ArgumentError, FileFormatError, VlticketError
 from .masks import Mask
 from .pruning import prune_magnitude
@@ -349,7 +350,8 @@ class TicketSearch:
         # pruned weights through its momentum; the reported metric would belong to a denser net.
         params = named_tensors(self.model, adapter=self.adapter)
         for name, keep in rnd.mask.items():
-            revived = int(params[name].detach()[~keep.to(params[name].device)].count_nonzero())
+            pruned = ~keep.to(params[name].device)
+            revived = count_true(params[name].detach()[pruned] != 0)
             if revived:
                 raise VlticketError(
                     f"round {rnd.index}: {revived} pruned weights of {name!r} are non-zero, so "
