@@ -1,5 +1,10 @@
+import copy
+
 import pytest
 import torch
+from conftest import TinyNet
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import vlticket
@@ -143,3 +148,148 @@ def test_dense_optimizer_state_is_cleared_for_pruned_weights(tiny_net):
         pruned = ~mask["fc2.weight"]
         assert torch.all(state["exp_avg"][pruned] == 0)
         assert torch.all(state["exp_avg_sq"][pruned] == 0)
+
+
+# -- the fast path for torch's elementwise optimizers ----------------------------------------
+EXACT_OPTIMIZERS = {
+    "sgd-nesterov-wd": lambda ps: torch.optim.SGD(
+        ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2
+    ),
+    "adam-amsgrad-l2": lambda ps: torch.optim.Adam(ps, lr=1e-2, amsgrad=True, weight_decay=0.1),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+    "adamw-foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=True),
+    "adamw-fused": lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1, fused=True),
+    "adamax": lambda ps: torch.optim.Adamax(ps, lr=1e-2, weight_decay=0.1),
+    "nadam-decoupled": lambda ps: torch.optim.NAdam(
+        ps, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True
+    ),
+    "radam": lambda ps: torch.optim.RAdam(ps, lr=1e-2, weight_decay=0.1),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=1e-2, initial_accumulator_value=0.1),
+    "rmsprop-centered": lambda ps: torch.optim.RMSprop(
+        ps, lr=1e-3, momentum=0.9, centered=True, weight_decay=0.1
+    ),
+}
+
+
+def test_every_fast_path_optimizer_is_tested():
+    made = {type(make([nn.Parameter(torch.ones(1))])) for make in EXACT_OPTIMIZERS.values()}
+    assert made == vlticket.attach._ZERO_PRESERVING
+
+
+class _Counting:
+    """Records which tensors the hooks zero, by storage address."""
+
+    def __init__(self, monkeypatch):
+        self.zeroed: list[int] = []
+        real = vlticket.attach._zero_pruned
+
+        def counting(t, keep):
+            self.zeroed.append(t.data_ptr())
+            real(t, keep)
+
+        monkeypatch.setattr(vlticket.attach, "_zero_pruned", counting)
+
+
+@pytest.mark.parametrize("make_opt", EXACT_OPTIMIZERS.values(), ids=EXACT_OPTIMIZERS.keys())
+def test_elementwise_optimizers_keep_zeros_without_a_weight_pass(tiny_net, make_opt, monkeypatch):
+    opt = make_opt(tiny_net.parameters())
+    _train(tiny_net, opt, 3)
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
+    counting = _Counting(monkeypatch)
+    with mask.attach(tiny_net, opt) as handle:
+        _train(tiny_net, opt, 2, handle)
+        counting.zeroed.clear()
+        _train(tiny_net, opt, 20, handle)
+        _assert_zero(tiny_net, mask)
+    weights = {p.data_ptr() for n, p in tiny_net.named_parameters() if n in mask}
+    assert counting.zeroed, "gradients are still masked"
+    assert weights.isdisjoint(counting.zeroed), "no weight needed re-zeroing"
+
+
+class SignedDrift(torch.optim.SGD):
+    """Not elementwise-safe: moves every entry, zero gradient or not."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(1e-3)
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [lambda ps: SignedDrift(ps, lr=0.1), lambda ps: torch.optim.LBFGS(ps, lr=0.1)],
+    ids=["subclass", "lbfgs"],
+)
+def test_other_optimizers_get_the_weights_rezeroed_after_each_step(tiny_net, make_opt):
+    opt = make_opt(tiny_net.parameters())
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    ids = torch.randint(0, 10, (8, 5))
+
+    def closure():
+        opt.zero_grad()
+        loss = tiny_net(ids).pow(2).mean()
+        loss.backward()
+        return loss
+
+    with mask.attach(tiny_net, opt):
+        for _ in range(3):
+            opt.step(closure)
+            _assert_zero(tiny_net, mask)
+
+
+def _dense_states(make_opt, seed=3):
+    torch.manual_seed(seed)
+    dense = TinyNet()
+    opt = make_opt(dense.parameters())
+    _train(dense, opt, 3)
+    return dense.state_dict(), opt.state_dict()
+
+
+def _step_with(model, opt, ids, events):
+    opt.zero_grad()
+    model(ids).pow(2).mean().backward()
+    if "noise" in events:  # e.g. differential privacy, added after the hooks ran
+        for p in model.parameters():
+            p.grad.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    if "replace" in events:
+        model.fc1.weight.grad = torch.ones_like(model.fc1.weight)
+    if "clip" in events:
+        nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+    opt.step()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(sorted(EXACT_OPTIMIZERS)),
+    script=st.lists(
+        st.sets(st.sampled_from(["noise", "replace", "clip", "load-weights", "load-state"])),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_fast_path_matches_rezeroing_every_step_bit_for_bit(name, script):
+    """Whatever writes weights, gradients or optimizer state between steps, the fast path
+    gives the same weights as the full re-zeroing pass (taken for a subclass)."""
+    make_opt = EXACT_OPTIMIZERS[name]
+    weights_sd, opt_sd = _dense_states(make_opt)
+    runs = []
+    for exact in (True, False):
+        torch.manual_seed(0)
+        model = TinyNet()
+        opt = make_opt(model.parameters())
+        if not exact:
+            opt.__class__ = type("Sub", (type(opt),), {})
+        mask = vlticket.prune_magnitude(model, sparsity=0.5)
+        with mask.attach(model, opt):
+            for i, events in enumerate(script):
+                if "load-weights" in events:
+                    model.load_state_dict(weights_sd)
+                if "load-state" in events:
+                    opt.load_state_dict(copy.deepcopy(opt_sd))  # torch aliases its tensors
+                _step_with(model, opt, torch.randint(0, 10, (4, 5)).fill_(i), events)
+                _assert_zero(model, mask)
+        runs.append(model.state_dict())
+    fast, full = runs
+    assert all(torch.equal(fast[k], full[k]) for k in fast)

@@ -1,13 +1,21 @@
 """Keeping a mask in force while the user's unchanged training loop runs.
 
-Two hooks per attachment, no reparametrisation: a post-accumulate-grad hook zeroes the pruned
-entries of each gradient (so gradient clipping and logging see the sparse gradient), and an
-optimizer step post-hook re-zeroes the pruned weights (so momentum, Adam moments from dense
-training and weight decay cannot revive them).
+No reparametrisation: a post-accumulate-grad hook zeroes the pruned entries of each gradient (so
+gradient clipping and logging see the sparse gradient), and hooks around ``optimizer.step()``
+keep the pruned weights at exactly zero.
+
+For torch's elementwise optimizers (``_ZERO_PRESERVING``) a pruned entry with zero weight, zero
+gradient and zero optimizer state is updated to exactly zero, so re-zeroing every weight after
+each step would be a wasted pass over the model. Instead, before each step, autograd's version
+counters tell in O(1) per tensor whether anything wrote a weight, a gradient or an optimizer
+state since the hooks last made it safe (``load_state_dict``, gradient noise, clipping, another
+optimizer); only those tensors are re-zeroed. Any other optimizer gets the full pass after its
+step.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -23,10 +31,26 @@ if TYPE_CHECKING:
 
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
+_ZERO_PRESERVING = frozenset(
+    {
+        torch.optim.SGD,
+        torch.optim.Adam,
+        torch.optim.AdamW,
+        torch.optim.Adamax,
+        torch.optim.NAdam,
+        torch.optim.RAdam,
+        torch.optim.Adagrad,
+        torch.optim.RMSprop,
+    }
+)
+"""Optimizers (exact types: a subclass may change the update) whose step leaves an entry at
+exactly zero when its weight, gradient and state are zero: their rules are elementwise and
+weight decay of a zero weight is zero."""
+
 
 def _zero_pruned(t: torch.Tensor, keep: torch.Tensor) -> None:
     """``t *= keep`` in place. On CPU NumPy does it: torch's float-by-bool product is many
-    times slower there, and this runs twice per parameter per training step."""
+    times slower there, and this runs on every gradient of every training step."""
     t = t.detach()
     if (
         t.device.type == "cpu"
@@ -58,13 +82,42 @@ def _hookable(optimizer: object) -> torch.optim.Optimizer:
     return optimizer
 
 
+class _Stamp:
+    """A tensor as the hooks last left it: the same object, not written since."""
+
+    __slots__ = ("ref", "version")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.ref = weakref.ref(t)
+        self.version = t._version
+
+    def holds(self, t: torch.Tensor | None) -> bool:
+        return t is not None and self.ref() is t and t._version == self.version
+
+
+def _states(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """The optimizer's per-entry state for ``p`` (momentum, moments), by state key."""
+    state = optimizer.state.get(p, {})
+    return [
+        (str(k), v) for k, v in state.items() if isinstance(v, torch.Tensor) and v.shape == p.shape
+    ]
+
+
+def _plain(p: torch.Tensor) -> bool:
+    """Version counters see every autograd-visible write to a plain tensor; a subclass such
+    as DTensor keeps its data elsewhere, so it gets the full re-zeroing."""
+    return type(p.detach()) is torch.Tensor
+
+
 class MaskHandle:
     """An attached mask. ``remove()`` detaches it; usable as a context manager.
 
     Parameters keep their identity and ``state_dict()`` keys never change while attached.
     Gradients are masked for parameters that require grad when the mask is attached (attach
-    again after unfreezing one). Loading weights into the model while attached puts pruned
-    values back until the next ``optimizer.step()``; call ``mask.apply(model)`` after a load.
+    again after unfreezing one). Weights or optimizer state loaded while attached are re-zeroed
+    before the next ``optimizer.step()``, but a forward pass before that sees loaded weights:
+    call ``mask.apply(model)`` right after a load. Writes through ``.data`` bypass autograd's
+    version counters, so the fast path of torch's elementwise optimizers cannot see them.
     """
 
     def __init__(
@@ -84,8 +137,11 @@ class MaskHandle:
         self._keep = {n: mask[n].to(p.device) for n, p in params.items()}
         self._params = dict(params)
         self._hooks: list[RemovableHandle] = []
-        self._zero_weights()
+        # (weight name, "" or optimizer state key) -> the tensor as last zeroed or stepped
+        self._stamps: dict[tuple[str, str], _Stamp] = {}
+        self._masked_grads: dict[str, _Stamp] = {}
         for name, p in self._params.items():
+            self._zero(name, "", p)
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(self._grad_hook(name)))
         if step_owner is not None:
@@ -97,29 +153,70 @@ class MaskHandle:
         def hook(p: torch.Tensor) -> None:
             if p.grad is not None:
                 _zero_pruned(p.grad, keep)
+                self._masked_grads[name] = _Stamp(p.grad)
 
         return hook
 
     @torch.no_grad()
-    def _zero_weights(self, *_: object) -> None:
-        for name, p in self._params.items():
-            _zero_pruned(p, self._keep[name])
+    def _zero(self, name: str, key: str, t: torch.Tensor) -> None:
+        """Zero the pruned entries of ``t``: weight ``name`` (key "") or its state ``key``."""
+        _zero_pruned(t, self._keep[name])
+        self._stamps[name, key] = _Stamp(t)
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Re-zero the pruned weights after each ``optimizer.step()`` (one more optimizer).
+        """Keep the pruned weights at zero through each ``optimizer.step()`` (one more optimizer).
 
         The optimizer's state for pruned weights (momentum, Adam moments from dense training)
         is zeroed too, so it carries nothing over to them.
         """
         self._add(_hookable(optimizer))
 
-    @torch.no_grad()
     def _add(self, optimizer: torch.optim.Optimizer) -> None:
-        for name, p in self._params.items():
-            for value in optimizer.state.get(p, {}).values():
-                if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                    _zero_pruned(value, self._keep[name])
-        self._hooks.append(optimizer.register_step_post_hook(self._zero_weights))
+        for name, p in self._owned(optimizer):
+            for key, state in _states(optimizer, p):
+                self._zero(name, key, state)
+        if type(optimizer) in _ZERO_PRESERVING:
+            self._hooks.append(optimizer.register_step_pre_hook(self._before_exact_step))
+            self._hooks.append(optimizer.register_step_post_hook(self._after_exact_step))
+        else:
+            self._hooks.append(optimizer.register_step_post_hook(self._after_any_step))
+
+    def _owned(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, torch.Tensor]]:
+        ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        return [(n, p) for n, p in self._params.items() if id(p) in ids]
+
+    def _fresh(self, name: str, key: str, t: torch.Tensor) -> bool:
+        stamp = self._stamps.get((name, key))
+        return stamp is not None and stamp.holds(t)
+
+    def _before_exact_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        """Re-zero only what was written since the hooks last left it safe."""
+        for name, p in self._owned(optimizer):
+            if not _plain(p):  # FSDP2 writes sharded gradients without the grad hook
+                if p.grad is not None:
+                    _zero_pruned(p.grad, self._keep[name])
+                continue  # and the weights are re-zeroed after the step
+            if not self._fresh(name, "", p):
+                self._zero(name, "", p)
+            masked = self._masked_grads.pop(name, None)
+            if p.grad is not None and not (masked is not None and masked.holds(p.grad)):
+                _zero_pruned(p.grad, self._keep[name])
+            for key, state in _states(optimizer, p):
+                if not self._fresh(name, key, state):
+                    self._zero(name, key, state)
+
+    def _after_exact_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        for name, p in self._owned(optimizer):
+            if not _plain(p):
+                self._zero(name, "", p)
+                continue
+            self._stamps[name, ""] = _Stamp(p)
+            for key, state in _states(optimizer, p):
+                self._stamps[name, key] = _Stamp(state)
+
+    def _after_any_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        for name, p in self._owned(optimizer):
+            self._zero(name, "", p)
 
     @property
     def attached(self) -> bool:
@@ -131,6 +228,8 @@ class MaskHandle:
             h.remove()
         self._hooks.clear()
         self._params.clear()
+        self._stamps.clear()
+        self._masked_grads.clear()
 
     def __enter__(self) -> MaskHandle:
         return self

@@ -229,8 +229,13 @@ class Mask(MutableMapping[str, torch.Tensor]):
     ) -> MaskHandle:
         """Keep pruned weights at exactly zero while the user's own loop trains ``module``.
 
-        Zeroes the pruned weights, masks their gradients, and with ``optimizer`` re-zeroes them
-        after every ``step()`` so momentum, Adam state and weight decay cannot revive them.
+        Zeroes the pruned weights and their optimizer state, masks their gradients as they are
+        accumulated (so clipping sees the subnetwork's gradient), and with ``optimizer`` keeps
+        them at zero through every ``step()``: momentum, Adam state and weight decay cannot
+        revive them. For torch's elementwise optimizers (SGD, Adam, AdamW, ...) that costs one
+        pass over the gradients per step; any other optimizer also gets the weights re-zeroed
+        after its step. On CPU, prefer ``AdamW(..., fused=True)``: the default for-loop AdamW
+        pays for torch's slow ``sqrt`` of the pruned weights' zero second moments.
         Returns a :class:`~vlticket.attach.MaskHandle`; call ``remove()`` (or use it as a
         context manager) to detach.
 
