@@ -27,8 +27,12 @@ WORLD = 2
 def case_weights(seed: int, ties: bool) -> dict[str, torch.Tensor]:
     """Uneven row counts (7 and 3 split 4+3 and 2+1; 1 row leaves rank 1 empty), some ties."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"enc.0.weight": (7, 5), "enc.1.weight": (3, 4), "enc.2.weight": (1, 6),
-              "enc.3.weight": (40, 30)}
+    shapes = {
+        "enc.0.weight": (7, 5),
+        "enc.1.weight": (3, 4),
+        "enc.2.weight": (1, 6),
+        "enc.3.weight": (40, 30),
+    }
     out = {}
     for name, shape in shapes.items():
         t = torch.randn(shape, generator=g)
@@ -52,6 +56,34 @@ def _full(mask: Mask) -> dict[str, torch.Tensor]:
     from vlticket.distributed import gather_mask
 
     return {n: m.contiguous() for n, m in gather_mask(mask).items()}
+
+
+def train_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 4))
+
+
+def train_attached(model: nn.Module, mask: Mask, rank: int | None, steps: int = 4) -> None:
+    """AdamW with clipping, so the masked gradients' norm matters. ``rank`` None: one process
+    on the whole batch (which DDP and FSDP2 split in halves) masking by hand, without hooks."""
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    g = torch.Generator().manual_seed(11)
+    handle = mask.attach(model, opt) if rank is not None else None
+    for _ in range(steps):
+        x = torch.randn(8, 6, generator=g)
+        if rank is not None:
+            x = x.chunk(WORLD)[rank]
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        if handle is None:
+            for name, p in model.named_parameters():
+                if name in mask:
+                    p.grad.mul_(mask[name])
+        nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        opt.step()
+        if handle is None:
+            mask.apply(model)
+    if handle is not None:
+        handle.remove()
 
 
 def _worker(rank: int, out_dir: str) -> None:
@@ -117,6 +149,20 @@ def _worker(rank: int, out_dir: str) -> None:
     fully_shard(fsdp, mesh=mesh)
     save("fsdp2", prune_magnitude_distributed(fsdp, amount=0.35))
 
+    # Training with the mask attached, each rank on its own half of the batch.
+    torch.manual_seed(0)
+    ddp = nn.parallel.DistributedDataParallel(train_model())
+    train_attached(ddp, prune_magnitude_distributed(ddp, sparsity=0.6), rank)
+    save_file(
+        dict(ddp.module.state_dict()), os.path.join(out_dir, f"train_ddp.rank{rank}.safetensors")
+    )
+    torch.manual_seed(0)
+    fsdp = train_model()
+    fully_shard(fsdp, mesh=mesh)
+    train_attached(fsdp, prune_magnitude_distributed(fsdp, sparsity=0.6), rank)
+    full_weights = {n: p.full_tensor().contiguous() for n, p in fsdp.named_parameters()}
+    save_file(full_weights, os.path.join(out_dir, f"train_fsdp2.rank{rank}.safetensors"))
+
     with open(os.path.join(out_dir, f"errors.rank{rank}.json"), "w") as f:
         json.dump(errors, f)
     dist.barrier()
@@ -180,6 +226,24 @@ def test_fsdp2_mask_equals_single_process(results):
     expected = vlticket.prune_magnitude(model, amount=0.35)
     for got in load("fsdp2"):
         assert Mask(got) == expected
+
+
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2"])
+def test_training_attached_matches_one_process(results, wrapper):
+    """Pruned weights stay zero on every rank, and the run equals one process on the whole
+    batch: the gradients were masked before clipping and averaging."""
+    load, _ = results
+    torch.manual_seed(0)
+    model = train_model()
+    mask = vlticket.prune_magnitude(model, sparsity=0.6)
+    mask.apply(model)
+    train_attached(model, mask, rank=None)
+    expected = model.state_dict()
+    for got in load(f"train_{wrapper}"):
+        for name, w in got.items():
+            if name in mask:
+                assert torch.all(w[~mask[name]] == 0), name
+            torch.testing.assert_close(w, expected[name], rtol=1e-5, atol=1e-6)
 
 
 def test_diverged_replicas_raise_on_every_rank(results):
