@@ -18,7 +18,7 @@ from torch import nn
 
 import vlticket
 from vlticket import Mask
-from vlticket import _select as vs
+from vlticket import _passes as passes
 from vlticket import pruning as vp
 
 WORLD = 2
@@ -104,16 +104,17 @@ def _worker(rank: int, out_dir: str) -> None:
         save_file(_full(mask), os.path.join(out_dir, f"{case}.rank{rank}.safetensors"))
 
     # Sharded weights, as FSDP2 lays them out; prior masks are sharded the same way.
+    saved = vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK
     for case, (seed, ties, kwargs, prior_kw, tiny) in CASES.items():
         if tiny:
-            vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._CHUNK = 8, 2, 16
+            vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK = 8, 2, 16
         full = case_weights(seed, ties)
         sharded = {n: distribute_tensor(t, mesh, [Shard(0)]) for n, t in full.items()}
         prior = None
         if prior_kw is not None:
             prior = prune_magnitude_distributed(sharded, **prior_kw)
         save(case, prune_magnitude_distributed(sharded, mask=prior, **kwargs))
-        vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._CHUNK = 1 << 18, 1 << 16, 1 << 17
+        vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK = saved
 
     # Mixed placements: Replicate on a 1-D mesh, (Replicate, Shard(0)) on a 2-D mesh, a plain
     # tensor: each weight is counted once.

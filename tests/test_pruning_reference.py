@@ -18,6 +18,7 @@ from torch import nn
 
 import vlticket
 from vlticket import Mask
+from vlticket import _passes as passes
 from vlticket import _select as vs
 from vlticket import pruning as vp
 
@@ -61,14 +62,14 @@ def reference(weights, *, sparsity=None, amount=None, mask=None, scope="global",
 
 @contextlib.contextmanager
 def tiny_search(chunk=5, sample=6, collect=2, block=2, bins=4):
-    saved = (vs._CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, vs._BINS)
-    vs._CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, vs._BINS = (
+    saved = (passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS)
+    passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS = (
         chunk, sample, collect, block, bins
     )
     try:
         yield
     finally:
-        vs._CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, vs._BINS = saved
+        passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS = saved
 
 
 # -- random inputs --------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def test_matches_reference_on_every_search_path(problem, sizes):
 def test_paths_are_taken(monkeypatch):
     """The shrunk search really reaches the fallback branches the references check."""
     calls = {"hist": 0, "threshold": 0, "collected": 0}
-    for key, fn in (("hist", "_histogram"), ("threshold", "_finish_threshold"),
+    for key, fn in (("hist", "histogram"), ("threshold", "_finish_threshold"),
                     ("collected", "_finish_collected")):
         original = getattr(vs, fn)
 

@@ -5,7 +5,8 @@ orders non-negative floats exactly and makes ties exact. One pass over the weigh
 cache-sized chunks on a few threads, writes the candidate keep-masks (``key >= lo``) and
 collects the few entries whose key falls in a bracket ``[lo, hi]`` taken from a small sample;
 the exact k-th key is then read off those entries by narrowing histograms, and only they are
-corrected. A miss (rare) narrows the range with full-pass histograms instead.
+corrected. A miss (rare) narrows the range with full-pass histograms instead. The passes
+themselves live in ``_passes``.
 
 Every global quantity is a count, so the same code runs on sharded weights: the caller passes a
 ``reduce(values, op)`` that sums (or maxes) small int64 arrays over ranks. Ties are pruned in
@@ -16,127 +17,32 @@ exclusive prefix of per-slot tie counts tells each piece how many of its ties to
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ._passes import (
+    KeySpace,
+    Piece,
+    Reduce,
+    bin_counts,
+    bin_width,
+    chunk_tasks,
+    count_true,
+    histogram,
+    keep_of,
+    keys_of,
+    local_reduce,
+    narrow,
+    run_tasks,
+    scan,
+)
 from .errors import ArgumentError
 
-Reduce = Callable[[np.ndarray, str], np.ndarray]
-
-_CHUNK = 1 << 19  # elements per task: few enough tasks that Python overhead stays small
 _SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one
 _BLOCK = 16  # the sample reads runs of 16 neighbours: one cache line of float32
-_BINS = 1024  # histogram bins per narrowing round (4 rounds span float32's keys)
 _MIN_CAP = 1 << 16  # entries a pass may collect, at least (else 1/64 of the eligible ones)
-
-
-def local_reduce(values: np.ndarray, op: str) -> np.ndarray:
-    """The single-process reduction: nothing to combine."""
-    return values
-
-
-@dataclass(frozen=True)
-class KeySpace:
-    """Non-negative floats as integers: float32 keys unless some tensor is float64."""
-
-    float_dtype: torch.dtype
-    np_int: type
-    abs_bits: int  # clears the sign bit
-    inf: int  # key of +inf; NaN keys are above it
-
-    @classmethod
-    def for_dtypes(cls, dtypes: Sequence[torch.dtype]) -> KeySpace:
-        if torch.float64 in dtypes:
-            return cls(torch.float64, np.int64, (1 << 63) - 1, 0x7FF0000000000000)
-        return cls(torch.float32, np.int32, (1 << 31) - 1, 0x7F800000)
-
-
-@dataclass
-class Piece:
-    """A tensor (or the local shard of one) taking part in a selection.
-
-    ``slot`` is its position in the global tie order; ``counted`` is False on replicas whose
-    entries another rank already counts.
-    """
-
-    name: str
-    weight: torch.Tensor
-    keep: torch.Tensor | None
-    slot: int
-    counted: bool = True
-
-    def __post_init__(self) -> None:
-        # Chunks are slices of the flat tensor: make it flat-addressable once, not per chunk.
-        self.weight = self.weight.detach().contiguous()
-        if self.keep is not None:
-            self.keep = self.keep.contiguous()
-
-    @property
-    def numel(self) -> int:
-        return self.weight.numel()
-
-
-class _Scratch(threading.local):
-    """Per-thread chunk buffers, reused across tasks."""
-
-    def get(self, n: int, np_int: type) -> tuple[np.ndarray, np.ndarray]:
-        keys, band = getattr(self, "buffers", (None, None))
-        if keys is None or keys.size < n or keys.dtype != np_int:
-            keys, band = np.empty(_CHUNK, np_int), np.empty(_CHUNK, bool)
-            self.buffers = (keys, band)
-        return keys[:n], band[:n]
-
-
-_scratch = _Scratch()
-
-
-def _flat_numpy(t: torch.Tensor, start: int, stop: int, dtype: torch.dtype) -> np.ndarray:
-    """Entries ``[start, stop)`` of flat ``t`` as a CPU array of ``dtype`` (a view if possible)."""
-    c = t.detach().reshape(-1)[start:stop]
-    if c.device.type != "cpu" or c.dtype != dtype:
-        c = c.to("cpu", dtype)
-    return c.numpy()
-
-
-def _keys(piece: Piece, start: int, stop: int, space: KeySpace) -> np.ndarray:
-    keys, _ = _scratch.get(stop - start, space.np_int)
-    raw = _flat_numpy(piece.weight, start, stop, space.float_dtype).view(space.np_int)
-    return np.bitwise_and(raw, space.abs_bits, out=keys)
-
-
-def _keep(piece: Piece, start: int, stop: int) -> np.ndarray | None:
-    if piece.keep is None:
-        return None
-    return _flat_numpy(piece.keep, start, stop, torch.bool)
-
-
-def _tasks(pieces: Sequence[Piece]) -> list[tuple[int, int, int]]:
-    return [
-        (i, s, min(s + _CHUNK, p.numel))
-        for i, p in enumerate(pieces)
-        for s in range(0, p.numel, _CHUNK)
-    ]
-
-
-def _run(fn: Callable, tasks: list) -> list:
-    # numpy releases the GIL in its loops, so chunks run in parallel on torch's thread budget.
-    workers = min(torch.get_num_threads(), len(tasks))
-    if workers <= 1:
-        return [fn(t) for t in tasks]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, tasks))
-
-
-def count_true(t: torch.Tensor) -> int:
-    """Number of True entries of a bool tensor (NumPy's count is far faster on CPU)."""
-    if t.device.type == "cpu" and t.is_contiguous() and type(t) is torch.Tensor:
-        return int(np.count_nonzero(t.detach().numpy()))
-    return int(t.count_nonzero())
 
 
 def _eligible(piece: Piece) -> int:
@@ -155,117 +61,6 @@ def _raise_nonfinite(pieces: Sequence[Piece], bad: np.ndarray, space: KeySpace) 
     )
 
 
-# -- passes over the weights ----------------------------------------------------------------
-@dataclass
-class _Scan:
-    n_ge: int  # eligible keys >= lo (counted pieces)
-    n_in: int  # eligible keys in [lo, hi] (counted pieces)
-    collected: list[tuple[np.ndarray, np.ndarray]] | None  # per piece: (flat index, key)
-
-
-def _scan(
-    pieces: Sequence[Piece],
-    outs: Sequence[np.ndarray],
-    lo: int,
-    hi: int,
-    cap: int,
-    space: KeySpace,
-) -> tuple[_Scan, dict[int, int]]:
-    """Write ``outs = eligible & key >= lo``; count, and collect entries with key in [lo, hi]."""
-    lock = threading.Lock()
-    state = {"collected": 0, "overflow": False}
-
-    def task(job: tuple[int, int, int]):
-        i, s, e = job
-        p = pieces[i]
-        keys = _keys(p, s, e, space)
-        _, band = _scratch.get(e - s, space.np_int)
-        out = outs[i][s:e]
-        np.greater_equal(keys, lo, out=out)
-        keep = _keep(p, s, e)
-        if keep is not None:
-            np.logical_and(out, keep, out=out)
-        np.less_equal(keys, hi, out=band)
-        np.logical_and(band, out, out=band)
-        idx = np.flatnonzero(band)
-        bad = int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
-        with lock:
-            state["collected"] += idx.size
-            if state["collected"] > cap:
-                state["overflow"] = True
-            keep_it = not state["overflow"]
-        got = None
-        if keep_it:
-            # Positions as int32 when they fit: the collected entries are most of the scratch.
-            at = idx.astype(np.int32 if p.numel < 2**31 else np.int64)
-            at += s
-            got = (at, keys[idx])
-        return np.count_nonzero(out), idx.size, bad, got
-
-    tasks = _tasks(pieces)
-    results = _run(task, tasks)
-    n_slots_bad: dict[int, int] = {}
-    n_ge = n_in = 0
-    for (i, _, _), (ge, inside, bad, _) in zip(tasks, results, strict=True):
-        if pieces[i].counted:
-            n_ge, n_in = n_ge + ge, n_in + inside
-        if bad:
-            n_slots_bad[pieces[i].slot] = n_slots_bad.get(pieces[i].slot, 0) + bad
-    collected = None
-    if not state["overflow"]:
-        per_piece: list[list] = [[] for _ in pieces]
-        for (i, _, _), r in zip(tasks, results, strict=True):
-            per_piece[i].append(r[3])
-        collected = [_concat(parts, space) for parts in per_piece]
-    return _Scan(n_ge, n_in, collected), n_slots_bad
-
-
-def _concat(parts: list, space: KeySpace) -> tuple[np.ndarray, np.ndarray]:
-    if not parts:
-        return np.empty(0, np.int64), np.empty(0, space.np_int)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def _histogram(
-    pieces: Sequence[Piece], lo: int, width: int, hi: int, space: KeySpace
-) -> np.ndarray:
-    """Counts of eligible keys of counted pieces in ``_BINS`` bins of ``width`` from ``lo``."""
-
-    def task(job: tuple[int, int, int]) -> np.ndarray:
-        i, s, e = job
-        p = pieces[i]
-        keys = _keys(p, s, e, space)
-        sel = (keys >= lo) & (keys <= hi)
-        keep = _keep(p, s, e)
-        if keep is not None:
-            sel &= keep
-        return _bin(keys[sel], lo, width)
-
-    jobs = [t for t in _tasks(pieces) if pieces[t[0]].counted]
-    return sum(_run(task, jobs), np.zeros(_BINS, np.int64))
-
-
-def _bin(keys: np.ndarray, lo: int, width: int) -> np.ndarray:
-    b = (keys.astype(np.int64) - lo) // width
-    return np.bincount(b, minlength=_BINS).astype(np.int64)
-
-
-def _narrow(
-    counts: np.ndarray, lo: int, width: int, hi: int, rank: int
-) -> tuple[int, int, int, int]:
-    """The bin holding the entry of rank ``rank`` in the histogram: its key range, the number
-    of entries below it and in it."""
-    cum = np.cumsum(counts)
-    b = int(np.searchsorted(cum, rank, side="right"))
-    below = int(cum[b - 1]) if b else 0
-    b_lo = lo + b * width
-    return b_lo, min(hi, b_lo + width - 1), below, int(counts[b])
-
-
-def _width(lo: int, hi: int) -> int:
-    return -(-(hi - lo + 1) // _BINS)
-
-
 # -- the selection --------------------------------------------------------------------------
 def eligible_total(pieces: Sequence[Piece], reduce: Reduce = local_reduce) -> int:
     counts = np.array([sum(_eligible(p) for p in pieces if p.counted)], np.int64)
@@ -277,12 +72,12 @@ def check_finite(pieces: Sequence[Piece], n_slots: int, space: KeySpace, reduce:
 
     def task(job: tuple[int, int, int]) -> int:
         i, s, e = job
-        keys = _keys(pieces[i], s, e, space)
+        keys = keys_of(pieces[i], s, e, space)
         return int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
 
-    tasks = _tasks(pieces)
+    tasks = chunk_tasks(pieces)
     bad = np.zeros(n_slots, np.int64)
-    for (i, _, _), b in zip(tasks, _run(task, tasks), strict=True):
+    for (i, _, _), b in zip(tasks, run_tasks(task, tasks), strict=True):
         if pieces[i].counted:
             bad[pieces[i].slot] += b
     bad = reduce(bad, "sum")
@@ -319,9 +114,9 @@ def keep_smallest_pruned(
     b_lo, b_hi = _sample_bracket(pieces, r, total, sample, space, reduce)
     t = None
     while t is None:
-        scan, bad = _scan(pieces, outs, b_lo, b_hi, cap, space)
+        found, bad = scan(pieces, outs, b_lo, b_hi, cap, space)
         counts = np.zeros(3 + n_slots, np.int64)
-        counts[:3] = scan.n_ge, scan.n_in, scan.collected is None
+        counts[:3] = found.n_ge, found.n_in, found.collected is None
         for slot, b in bad.items():
             counts[3 + slot] = b
         counts = reduce(counts, "sum")
@@ -334,16 +129,16 @@ def keep_smallest_pruned(
         elif r >= n_le:
             lo, c_lo = b_hi + 1, n_le
         elif not counts[2]:
-            counted = [c for c, p in zip(scan.collected, pieces, strict=True) if p.counted]
+            counted = [c for c, p in zip(found.collected, pieces, strict=True) if p.counted]
             t, below = _refine(counted, b_lo, b_hi, r - n_lt, reduce)
-            _finish_collected(pieces, outs, scan.collected, t, k - n_lt - below, n_slots, reduce)
+            _finish_collected(pieces, outs, found.collected, t, k - n_lt - below, n_slots, reduce)
             break
         else:
             lo, hi, c_lo, c_hi = b_lo, b_hi, n_lt, n_le
         while c_hi - c_lo > cap and lo < hi:
-            width = _width(lo, hi)
-            hist = reduce(_histogram(pieces, lo, width, hi, space), "sum")
-            lo, hi, below, inside = _narrow(hist, lo, width, hi, r - c_lo)
+            width = bin_width(lo, hi)
+            hist = reduce(histogram(pieces, lo, width, hi, space), "sum")
+            lo, hi, below, inside = narrow(hist, lo, width, hi, r - c_lo)
             c_lo, c_hi = c_lo + below, c_lo + below + inside
         if lo == hi:
             t = lo
@@ -418,9 +213,9 @@ def _refine(
     below = 0
     while lo < hi:
         keys = keys[(keys >= lo) & (keys <= hi)]
-        width = _width(lo, hi)
-        hist = reduce(_bin(keys, lo, width), "sum")
-        lo, hi, b, _ = _narrow(hist, lo, width, hi, rank)
+        width = bin_width(lo, hi)
+        hist = reduce(bin_counts(keys, lo, width), "sum")
+        lo, hi, b, _ = narrow(hist, lo, width, hi, rank)
         rank, below = rank - b, below + b
     return lo, below
 
@@ -452,10 +247,10 @@ def _finish_threshold(pieces, outs, t: int, ties: int, n_slots: int, space, redu
 
     def keys_and_ties(job):
         i, s, e = job
-        keys = _keys(pieces[i], s, e, space)
+        keys = keys_of(pieces[i], s, e, space)
         eq = keys == t
         np.greater(keys, t, out=outs[i][s:e])
-        keep = _keep(pieces[i], s, e)
+        keep = keep_of(pieces[i], s, e)
         if keep is not None:
             np.logical_and(outs[i][s:e], keep, out=outs[i][s:e])
             eq &= keep
@@ -464,8 +259,8 @@ def _finish_threshold(pieces, outs, t: int, ties: int, n_slots: int, space, redu
     def count(job) -> int:
         return int(np.count_nonzero(keys_and_ties(job)))
 
-    tasks = _tasks(pieces)
-    per_task = _run(count, tasks)
+    tasks = chunk_tasks(pieces)
+    per_task = run_tasks(count, tasks)
     local = [0] * len(pieces)
     offset = []  # ties before each task inside its piece
     for (i, _, _), n in zip(tasks, per_task, strict=True):
@@ -481,4 +276,4 @@ def _finish_threshold(pieces, outs, t: int, ties: int, n_slots: int, space, redu
         idx = np.flatnonzero(keys_and_ties((i, s, e)))
         outs[i][s + idx[max(take - off, 0) :]] = True
 
-    _run(unprune, list(zip(tasks, offset, strict=True)))
+    run_tasks(unprune, list(zip(tasks, offset, strict=True)))

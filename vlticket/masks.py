@@ -18,7 +18,7 @@ from torch import nn
 
 from . import _files
 from ._named import NameMap, Weights, check_layout, default_prunable, named_tensors
-from ._select import count_true
+from ._passes import count_true
 from .errors import ArgumentError, FileFormatError
 
 if TYPE_CHECKING:

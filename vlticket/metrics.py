@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ._named import check_layout
-from ._select import count_true
+from ._passes import count_true
 from .errors import ArgumentError
 from .masks import Mask
 

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ._named import NameMap, Weights, check_layout, default_prunable, named_tensors
-from ._select import KeySpace, Piece, Reduce, count_true, keep_smallest_pruned, local_reduce
+from ._passes import KeySpace, Piece, Reduce, count_true, local_reduce
+from ._select import keep_smallest_pruned
 from .errors import ArgumentError, ShapeMismatchError
 from .masks import Mask
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from ._named import NameMap, model_state, named_tensors
+from ._passes import count_true
 from ._run_dir import INIT, REWIND, RunDir
-from ._select import count_true
 from .errors import ArgumentError, FileFormatError, VlticketError
 from .masks import Mask
 from .pruning import prune_magnitude

@@ -101,12 +101,12 @@ def adapter_for(model_or_state_dict: nn.Module | Mapping[str, Any], **options: b
     if len(fits) != 1:
         listing = "; ".join(f"{a.name!r}: {getattr(a, 'description', '')}" for a in _listing())
         found = (
-            "no registered adapter fits" if not fits
+            "no registered adapter fits"
+            if not fits
             else f"several adapters {[a.name for a in fits]} fit"
         )
         raise UnknownModelError(
-            f"{found} this model (first names: {names[:3]}). "
-            f"Known adapters: {listing}. {_HOW_TO}"
+            f"{found} this model (first names: {names[:3]}). Known adapters: {listing}. {_HOW_TO}"
         )
     return _with_options(fits[0], options)
 

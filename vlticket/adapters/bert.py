@@ -69,9 +69,7 @@ def bert_to_vl(
     else:
         family = target
     if family not in _TARGETS:
-        raise ArgumentError(
-            f"`target`: BERT weights map onto {sorted(_TARGETS)}, found {family!r}"
-        )
+        raise ArgumentError(f"`target`: BERT weights map onto {sorted(_TARGETS)}, found {family!r}")
     layer, suffixes, emb_prefix = _TARGETS[family]
     out = {}
     for name, t in bert_state_dict.items():

@@ -30,10 +30,20 @@ PARTS = (
     *_layers("encoder.layer", "language", *BERT_LAYER),
     *_layers("encoder.r_layers", "vision", *BERT_LAYER),
     *_layers("encoder.x_layers", "cross", *_CROSS),
-    Part(r"embeddings\.(word|position|token_type)_embeddings\.weight",
-         "language", "embeddings", "embeddings", "embeddings"),
-    Part(r"encoder\.visn_fc\.(visn_fc|box_fc)\.weight",
-         "vision", "projection", "projection", "visual_projection"),
+    Part(
+        r"embeddings\.(word|position|token_type)_embeddings\.weight",
+        "language",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"encoder\.visn_fc\.(visn_fc|box_fc)\.weight",
+        "vision",
+        "projection",
+        "projection",
+        "visual_projection",
+    ),
     Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
 )
 

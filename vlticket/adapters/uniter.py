@@ -12,12 +12,27 @@ from .base import BERT_LAYER, Adapter, Part, _layers
 
 PARTS = (
     *_layers("encoder.layer", "cross", *BERT_LAYER),
-    Part(r"embeddings\.(word|position|token_type)_embeddings\.weight",
-         "language", "embeddings", "embeddings", "embeddings"),
-    Part(r"img_embeddings\.mask_embedding\.weight",
-         "vision", "embeddings", "embeddings", "embeddings"),
-    Part(r"img_embeddings\.(img_linear|pos_linear)\.weight",
-         "vision", "projection", "projection", "visual_projection"),
+    Part(
+        r"embeddings\.(word|position|token_type)_embeddings\.weight",
+        "language",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"img_embeddings\.mask_embedding\.weight",
+        "vision",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"img_embeddings\.(img_linear|pos_linear)\.weight",
+        "vision",
+        "projection",
+        "projection",
+        "visual_projection",
+    ),
     Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
 )
 

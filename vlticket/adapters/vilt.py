@@ -32,14 +32,34 @@ _LAYER = (
 
 PARTS = (
     *_layers("encoder.layer", "cross", *_LAYER),
-    Part(r"embeddings\.text_embeddings\.(word|position|token_type)_embeddings\.weight",
-         "language", "embeddings", "embeddings", "embeddings"),
-    Part(r"embeddings\.(cls_token|position_embeddings)",
-         "vision", "embeddings", "embeddings", "embeddings"),
-    Part(r"embeddings\.token_type_embeddings\.weight",
-         "cross", "embeddings", "embeddings", "embeddings"),
-    Part(r"embeddings\.patch_embeddings\.projection\.weight",
-         "vision", "projection", "projection", "visual_projection"),
+    Part(
+        r"embeddings\.text_embeddings\.(word|position|token_type)_embeddings\.weight",
+        "language",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"embeddings\.(cls_token|position_embeddings)",
+        "vision",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"embeddings\.token_type_embeddings\.weight",
+        "cross",
+        "embeddings",
+        "embeddings",
+        "embeddings",
+    ),
+    Part(
+        r"embeddings\.patch_embeddings\.projection\.weight",
+        "vision",
+        "projection",
+        "projection",
+        "visual_projection",
+    ),
     Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
 )
 
@@ -69,8 +89,10 @@ VILT_ORIGINAL = Adapter(
         (r"token_type_embeddings\.weight", "embeddings.token_type_embeddings.weight"),
         (r"transformer\.pos_embed", "embeddings.position_embeddings"),
         (r"transformer\.cls_token", "embeddings.cls_token"),
-        (r"transformer\.patch_embed\.proj\.weight",
-         "embeddings.patch_embeddings.projection.weight"),
+        (
+            r"transformer\.patch_embed\.proj\.weight",
+            "embeddings.patch_embeddings.projection.weight",
+        ),
     ),
     description="ViLT original code base (timm `transformer.blocks.N.attn.qkv`, fused q/k/v)",
 )
