@@ -192,10 +192,10 @@ class MaskHandle:
     def _before_exact_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         """Re-zero only what was written since the hooks last left it safe."""
         for name, p in self._owned(optimizer):
-            if not _plain(p):  # FSDP2 writes sharded gradients without the grad hook
-                if p.grad is not None:
+            if not _plain(p):  # version counters may miss writes to a subclass's data:
+                if p.grad is not None:  # mask its gradient again, re-zero it after the step
                     _zero_pruned(p.grad, self._keep[name])
-                continue  # and the weights are re-zeroed after the step
+                continue
             if not self._fresh(name, "", p):
                 self._zero(name, "", p)
             masked = self._masked_grads.pop(name, None)
