@@ -127,6 +127,11 @@ def count_true(t: torch.Tensor) -> int:
     return int(t.count_nonzero())
 
 
+def nonfinite(keys: np.ndarray, space: KeySpace) -> int:
+    """How many keys are inf or NaN (a max first: almost always none)."""
+    return int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
+
+
 # -- passes over the weights ----------------------------------------------------------------
 @dataclass
 class Scan:
@@ -160,7 +165,7 @@ def scan(
         np.less_equal(keys, hi, out=band)
         np.logical_and(band, out, out=band)
         idx = np.flatnonzero(band)
-        bad = int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
+        bad = nonfinite(keys, space)
         with lock:
             state["collected"] += idx.size
             if state["collected"] > cap:

@@ -1,12 +1,10 @@
 """Exact k-smallest selection over many tensors by counting, without concatenating them.
 
-Magnitudes are compared as integer keys: the bit pattern of ``|w|`` read as a signed integer
-orders non-negative floats exactly and makes ties exact. One pass over the weights, in
-cache-sized chunks on a few threads, writes the candidate keep-masks (``key >= lo``) and
-collects the few entries whose key falls in a bracket ``[lo, hi]`` taken from a small sample;
-the exact k-th key is then read off those entries by narrowing histograms, and only they are
-corrected. A miss (rare) narrows the range with full-pass histograms instead. The passes
-themselves live in ``_passes``.
+Magnitudes are compared as exact integer keys (see ``_passes``, which runs the passes). One
+pass over the weights writes the candidate keep-masks (``key >= lo``) and collects the few
+entries whose key falls in a bracket ``[lo, hi]`` taken from a small sample; the exact k-th key
+is then read off those entries by narrowing histograms, and only they are corrected. A miss
+(rare) narrows the range with full-pass histograms instead.
 
 Every global quantity is a count, so the same code runs on sharded weights: the caller passes a
 ``reduce(values, op)`` that sums (or maxes) small int64 arrays over ranks. Ties are pruned in
@@ -35,6 +33,7 @@ from ._passes import (
     keys_of,
     local_reduce,
     narrow,
+    nonfinite,
     run_tasks,
     scan,
 )
@@ -73,7 +72,7 @@ def check_finite(pieces: Sequence[Piece], n_slots: int, space: KeySpace, reduce:
     def task(job: tuple[int, int, int]) -> int:
         i, s, e = job
         keys = keys_of(pieces[i], s, e, space)
-        return int(np.count_nonzero(keys >= space.inf)) if keys.max() >= space.inf else 0
+        return nonfinite(keys, space)
 
     tasks = chunk_tasks(pieces)
     bad = np.zeros(n_slots, np.int64)
