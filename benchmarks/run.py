@@ -26,7 +26,10 @@ MB = 1 << 20
 def run_task(spec: dict) -> dict:
     out = subprocess.run(
         [sys.executable, os.path.join(HERE, "tasks.py"), json.dumps(spec)],
-        capture_output=True, text=True, cwd=HERE, check=False,
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        check=False,
     )
     if out.returncode:
         raise RuntimeError(f"task {spec} failed:\n{out.stderr[-3000:]}")
@@ -61,8 +64,10 @@ def machine(threads: int) -> list[str]:
 
 def bench_prune(model: str, args, rows: list) -> None:
     torch_runs = args.torch_repeats if model == "bert-base" else max(1, args.torch_repeats // 2)
-    for scenario, label in (("dense20", "global prune to 20% from dense"),
-                            ("imp9", "IMP round 9 (amount=0.1 at 61.3%)")):
+    for scenario, label in (
+        ("dense20", "global prune to 20% from dense"),
+        ("imp9", "IMP round 9 (amount=0.1 at 61.3%)"),
+    ):
         base = {"model": model, "quick": args.quick, "scenario": scenario, "threads": args.threads}
         r = run_task(base | {"task": "prune", "repeats": args.repeats})
         theirs = [run_task(base | {"task": "prune_torch"}) for _ in range(torch_runs)]
@@ -78,71 +83,142 @@ def bench_prune(model: str, args, rows: list) -> None:
             same = f"same masks but for {differ} ties at the threshold"
         else:
             same = "MASKS DIFFER"
-        rows.append((f"{label}: time", model, span(ours), span(torch_t),
-                     f"{med(torch_t) / med(ours):.0f}× faster ({same}); "
-                     f"{med(ratios):.1f}× the read floor ({span(floor)})"))
-        rows.append((f"{label}: peak extra memory", model,
-                     f"{ours_mb:.0f} MB = {ours_mb / mask_mb:.2f}× the bool masks "
-                     f"({mask_mb:.0f} MB)",
-                     f"{torch_mb:.0f} MB", f"{torch_mb / max(ours_mb, 1e-9):.0f}× less "
-                     f"(read floor: {r['floor_peak'] / MB:.0f} MB)"))
+        rows.append(
+            (
+                f"{label}: time",
+                model,
+                span(ours),
+                span(torch_t),
+                f"{med(torch_t) / med(ours):.0f}× faster ({same}); "
+                f"{med(ratios):.1f}× the read floor ({span(floor)})",
+            )
+        )
+        rows.append(
+            (
+                f"{label}: peak extra memory",
+                model,
+                f"{ours_mb:.0f} MB = {ours_mb / mask_mb:.2f}× the bool masks ({mask_mb:.0f} MB)",
+                f"{torch_mb:.0f} MB",
+                f"{torch_mb / max(ours_mb, 1e-9):.0f}× less "
+                f"(read floor: {r['floor_peak'] / MB:.0f} MB)",
+            )
+        )
 
 
 def bench_rounds(model: str, args, rows: list) -> None:
-    r = run_task({"task": "imp_rounds", "model": model, "quick": args.quick,
-                  "threads": args.threads})
+    r = run_task(
+        {"task": "imp_rounds", "model": model, "quick": args.quick, "threads": args.threads}
+    )
     ratio = [a / b for a, b in zip(r["times"], r["floors"], strict=True)]
     kept = r["retained"]
-    rows.append(("9 IMP rounds in a row: time per round", model, span(r["times"]), "—",
-                 f"{med(ratio):.1f}× the read floor"))
-    rows.append(("9 IMP rounds: memory retained after round 1 → 9", model,
-                 f"{kept[0] / MB:.1f} → {kept[-1] / MB:.1f} MB", "—",
-                 f"growth {(kept[-1] - kept[0]) / MB:+.1f} MB"))
+    rows.append(
+        (
+            "9 IMP rounds in a row: time per round",
+            model,
+            span(r["times"]),
+            "—",
+            f"{med(ratio):.1f}× the read floor",
+        )
+    )
+    rows.append(
+        (
+            "9 IMP rounds: memory retained after round 1 → 9",
+            model,
+            f"{kept[0] / MB:.1f} → {kept[-1] / MB:.1f} MB",
+            "—",
+            f"growth {(kept[-1] - kept[0]) / MB:+.1f} MB",
+        )
+    )
 
 
 def bench_train(args, rows: list) -> None:
     for adamw in ("fused", "for-loop"):
-        r = run_task({"task": "train_step", "quick": args.quick, "sparsity": 0.5, "batch": 4,
-                      "seq": 64, "adamw": adamw, "repeats": args.train_repeats,
-                      "threads": args.threads})
+        r = run_task(
+            {
+                "task": "train_step",
+                "quick": args.quick,
+                "sparsity": 0.5,
+                "batch": 4,
+                "seq": 64,
+                "adamw": adamw,
+                "repeats": args.train_repeats,
+                "threads": args.threads,
+            }
+        )
         t = r["times"]
         over = [v / d - 1 for v, d in zip(t["vlticket"], t["dense"], strict=True)]
         over_torch = [v / d - 1 for v, d in zip(t["torch"], t["dense"], strict=True)]
         upkeep = med(r["upkeep"]) / med(t["dense"])
-        note = (f"vlticket's hooks {1e3 * med(r['upkeep']):.0f} ms = {100 * upkeep:.1f}% of a "
-                f"dense step; end to end {100 * med(over):+.1f}% vs dense "
-                f"(torch's hooks {100 * med(over_torch):+.1f}%)")
+        note = (
+            f"vlticket's hooks {1e3 * med(r['upkeep']):.0f} ms = {100 * upkeep:.1f}% of a "
+            f"dense step; end to end {100 * med(over):+.1f}% vs dense "
+            f"(torch's hooks {100 * med(over_torch):+.1f}%)"
+        )
         if "sqrt_zero" in r:
-            note += (f"; AdamW's sqrt of the pruned weights' zero second moments takes "
-                     f"{1e3 * r['sqrt_zero']:.0f} ms vs {1e3 * r['sqrt_one']:.0f} ms on non-zero "
-                     "values (torch's CPU sqrt)")
-        rows.append((f"training step (fwd+bwd+AdamW {adamw}, 4×64 tokens), 50% mask attached",
-                     "bert-base", span(t["vlticket"]),
-                     f"{span(t['torch'])} (dense {span(t['dense'])})", note))
+            note += (
+                f"; AdamW's sqrt of the pruned weights' zero second moments takes "
+                f"{1e3 * r['sqrt_zero']:.0f} ms vs {1e3 * r['sqrt_one']:.0f} ms on non-zero "
+                "values (torch's CPU sqrt)"
+            )
+        rows.append(
+            (
+                f"training step (fwd+bwd+AdamW {adamw}, 4×64 tokens), 50% mask attached",
+                "bert-base",
+                span(t["vlticket"]),
+                f"{span(t['torch'])} (dense {span(t['dense'])})",
+                note,
+            )
+        )
 
 
 def bench_disk(model: str, args, rows: list) -> None:
-    r = run_task({"task": "disk", "model": model, "quick": args.quick, "repeats": 3,
-                  "threads": args.threads})
+    r = run_task(
+        {"task": "disk", "model": model, "quick": args.quick, "repeats": 3, "threads": args.threads}
+    )
     n = r["numel"]
     ours, theirs = r["vlticket"], r["torch"]
-    rows.append(("mask on disk: bits per weight", model, f"{8 * ours['bytes'] / n:.3f}",
-                 f"{8 * theirs['bytes'] / n:.1f}",
-                 f"{theirs['bytes'] / ours['bytes']:.0f}× smaller"))
-    rows.append(("mask on disk: save / load", model,
-                 f"{span(ours['save'])} / {span(ours['load'])}",
-                 f"{span(theirs['save'])} / {span(theirs['load'])}",
-                 f"{med(theirs['save']) / med(ours['save']):.0f}× / "
-                 f"{med(theirs['load']) / med(ours['load']):.0f}× faster"))
+    rows.append(
+        (
+            "mask on disk: bits per weight",
+            model,
+            f"{8 * ours['bytes'] / n:.3f}",
+            f"{8 * theirs['bytes'] / n:.1f}",
+            f"{theirs['bytes'] / ours['bytes']:.0f}× smaller",
+        )
+    )
+    rows.append(
+        (
+            "mask on disk: save / load",
+            model,
+            f"{span(ours['save'])} / {span(ours['load'])}",
+            f"{span(theirs['save'])} / {span(theirs['load'])}",
+            f"{med(theirs['save']) / med(ours['save']):.0f}× / "
+            f"{med(theirs['load']) / med(ours['load']):.0f}× faster",
+        )
+    )
 
 
 def bench_iou(model: str, args, rows: list) -> None:
-    r = run_task({"task": "iou", "model": model, "quick": args.quick, "repeats": 3,
-                  "peer_repeats": 1, "threads": args.threads})
+    r = run_task(
+        {
+            "task": "iou",
+            "model": model,
+            "quick": args.quick,
+            "repeats": 3,
+            "peer_repeats": 1,
+            "threads": args.threads,
+        }
+    )
     ours, theirs = r["times"]["vlticket"], r["times"]["pairwise"]
-    rows.append(("IoU matrix of 8 masks at 70% sparsity", model, span(ours),
-                 f"{span(theirs)} (pairwise AND/OR)",
-                 f"{med(theirs) / med(ours):.0f}× faster; agree: {r['agree']}"))
+    rows.append(
+        (
+            "IoU matrix of 8 masks at 70% sparsity",
+            model,
+            span(ours),
+            f"{span(theirs)} (pairwise AND/OR)",
+            f"{med(theirs) / med(ours):.0f}× faster; agree: {r['agree']}",
+        )
+    )
 
 
 def table(rows: list) -> str:
@@ -155,13 +231,20 @@ def table(rows: list) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny models: a smoke test")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: stable ratios on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: stable ratios on a shared machine)",
+    )
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--torch-repeats", type=int, default=2)
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
-    p.add_argument("--only", choices=("prune", "train", "files"),
-                   help="one group: prune and IMP rounds, the training step, or disk and IoU")
+    p.add_argument(
+        "--only",
+        choices=("prune", "train", "files"),
+        help="one group: prune and IMP rounds, the training step, or disk and IoU",
+    )
     args = p.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 7)
     args.train_repeats = 3 if args.quick else 9
@@ -181,14 +264,21 @@ def main() -> None:
             bench_iou(model, args, rows)
     quick = " (--quick)" if args.quick else ""
     quick += f" (--only {args.only})" if args.only else ""
-    info.append(f"- load average at end: {os.getloadavg()[0]:.2f}; "
-                f"total run time {time.time() - start:.0f} s{quick}")
+    info.append(
+        f"- load average at end: {os.getloadavg()[0]:.2f}; "
+        f"total run time {time.time() - start:.0f} s{quick}"
+    )
     text = "\n".join(info) + "\n\n" + table(rows) + "\n"
     print(text)
     with open(args.out, "w") as f:
-        f.write("# vlticket benchmarks\n\nWritten by `python benchmarks/run.py"
-                + (" --quick" if args.quick else "")
-                + (f" --only {args.only}" if args.only else "") + "`.\n\n" + text + NOTES)
+        f.write(
+            "# vlticket benchmarks\n\nWritten by `python benchmarks/run.py"
+            + (" --quick" if args.quick else "")
+            + (f" --only {args.only}" if args.only else "")
+            + "`.\n\n"
+            + text
+            + NOTES
+        )
 
 
 NOTES = """

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import vlticket
-from vlticket.attach import MaskHandle
+from vlticket import MaskHandle
 
 IMP_ROUND9_SPARSITY = 1 - 0.9**9  # pruned fraction after 9 rounds of 10%
 
@@ -137,16 +137,18 @@ def _bert(seed: int, quick: bool):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    cfg = BertConfig() if not quick else BertConfig(
-        hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
+    cfg = (
+        BertConfig()
+        if not quick
+        else BertConfig(
+            hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024
+        )
     )
     return BertModel(cfg).train()
 
 
 def _encoder_weights(model) -> dict[str, torch.Tensor]:
-    return {
-        n: p for n, p in model.named_parameters() if n.startswith("encoder.") and p.dim() == 2
-    }
+    return {n: p for n, p in model.named_parameters() if n.startswith("encoder.") and p.dim() == 2}
 
 
 def train_step(spec) -> dict:
@@ -173,7 +175,9 @@ def train_step(spec) -> dict:
     upkeep = _Stopwatch()  # vlticket's hooks: gradient masking and the step checks
     for name in ("_before_exact_step", "_after_exact_step", "_after_any_step"):
         setattr(MaskHandle, name, upkeep.wrap(getattr(MaskHandle, name)))
-    vlticket.attach._zero_pruned = upkeep.wrap(vlticket.attach._zero_pruned)  # looked up at call
+    vlticket.core.attach._zero_pruned = upkeep.wrap(
+        vlticket.core.attach._zero_pruned
+    )  # looked up at call
     mask.attach(weights, opts[masked])
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, dense.config.vocab_size, (spec["batch"], spec["seq"]), generator=g)

@@ -39,7 +39,7 @@ search = vlticket.TicketSearch(model, sparsity=0.95, amount=0.3, run_dir=run_dir
 for rnd in search:
     torch.manual_seed(rnd.index)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    rnd.attach(optimizer)  # pruned weights stay exactly zero
+    rnd.add_optimizer(optimizer)  # pruned weights stay exactly zero
     train(model, optimizer)
     rnd.report(accuracy=accuracy(model))
     print(f"round {rnd.index}: sparsity {rnd.sparsity:.3f}  accuracy {rnd.metrics['accuracy']:.3f}")

@@ -172,8 +172,18 @@ class VisionTransformer(nn.Module):
 class ViLTransformerSS(nn.Module):
     """vilt/modules/vilt_module.py: heads are present for the tasks the config enables."""
 
-    def __init__(self, layers=2, h=16, i=32, patch=16, patches=4, vocab=50, positions=40,
-                 heads=("vqa",), answers=3):
+    def __init__(
+        self,
+        layers=2,
+        h=16,
+        i=32,
+        patch=16,
+        patches=4,
+        vocab=50,
+        positions=40,
+        heads=("vqa",),
+        answers=3,
+    ):
         super().__init__()
         self.text_embeddings = bert_embeddings(vocab, h, positions)
         self.token_type_embeddings = nn.Embedding(2, h)

@@ -36,7 +36,7 @@ def main() -> None:
     for rnd in search:
         torch.manual_seed(100 + rnd.index)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        rnd.attach(opt)
+        rnd.add_optimizer(opt)
         for step in range(40):
             if rnd.index == args.hang_in_round and step == 20:
                 Path(args.run_dir, "hanging").touch()

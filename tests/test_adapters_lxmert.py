@@ -15,9 +15,20 @@ SIZES = dict(l_layers=L, x_layers=X, r_layers=R, h=H, i=FF, feat=8, pos=4, vocab
 
 
 def config(**kw):
-    base = dict(vocab_size=50, hidden_size=H, num_attention_heads=2, intermediate_size=FF,
-                l_layers=L, x_layers=X, r_layers=R, visual_feat_dim=8, visual_pos_dim=4,
-                num_qa_labels=5, num_object_labels=6, num_attr_labels=7)
+    base = dict(
+        vocab_size=50,
+        hidden_size=H,
+        num_attention_heads=2,
+        intermediate_size=FF,
+        l_layers=L,
+        x_layers=X,
+        r_layers=R,
+        visual_feat_dim=8,
+        visual_pos_dim=4,
+        num_qa_labels=5,
+        num_object_labels=6,
+        num_attr_labels=7,
+    )
     return LxmertConfig(**{**base, **kw})
 
 
@@ -90,7 +101,7 @@ def test_vqa_ticket_applies_to_other_heads_and_selects_the_same_weights(dst_cls)
 def test_original_and_transformers_forms_convert_and_share_masks():
     hf = build(LxmertForQuestionAnswering)
     original = VQAModel(answers=5, **SIZES)
-    original.load_state_dict(lxmert.to_original(hf.state_dict()), strict=True)
+    original.load_state_dict(lxmert.state_dict_to_original(hf.state_dict()), strict=True)
     assert adapters.adapter_for(original).name == "lxmert"
     names = ADAPTER.names(original)
     assert names["encoder.x_layers.0.visual_attention.att.query.weight"] == (
@@ -100,13 +111,13 @@ def test_original_and_transformers_forms_convert_and_share_masks():
     assert vlticket.prune_magnitude(hf, sparsity=0.5, adapter=ADAPTER) == mask
     # and back: the transformers names load the original weights, heads included
     back = build(LxmertForQuestionAnswering, 3)
-    back.load_state_dict(lxmert.to_transformers(original.state_dict()), strict=True)
+    back.load_state_dict(lxmert.state_dict_to_transformers(original.state_dict()), strict=True)
     assert torch.equal(back.answer_head.logit_fc[3].weight, original.logit_fc[3].weight)
 
 
 def test_pretraining_checkpoints_under_bert_prefix():
     hf = build(LxmertForPreTraining)
-    sd = lxmert.to_original(hf.state_dict(), head="pretraining")
+    sd = lxmert.state_dict_to_original(hf.state_dict(), head="pretraining")
     assert all(not k.startswith("lxmert.") for k in sd)
     original = LXRTPretraining(**SIZES)
     assert set(ADAPTER.names(sd)) == set(ADAPTER.names(original)) == set(ADAPTER.names(hf))

@@ -16,8 +16,12 @@ from vlticket import adapters
 torch.set_num_threads(1)
 H, FF, L = 16, 32, 3
 ADAPTER = adapters.get("uniter")
-HEADS = [UniterForVisualQuestionAnswering, UniterForImageTextRetrieval, UniterForNlvr2Paired,
-         UniterForPretraining]
+HEADS = [
+    UniterForVisualQuestionAnswering,
+    UniterForImageTextRetrieval,
+    UniterForNlvr2Paired,
+    UniterForPretraining,
+]
 
 
 def build(cls, seed=0):

@@ -23,9 +23,19 @@ HF, ORIGINAL = adapters.get("vilt"), adapters.get("vilt-original")
 
 def build(cls, seed=0, **kw):
     torch.manual_seed(seed)
-    base = dict(vocab_size=50, hidden_size=H, num_hidden_layers=L, num_attention_heads=2,
-                intermediate_size=FF, image_size=32, patch_size=16, max_image_length=4,
-                num_labels=3, num_images=2, max_position_embeddings=40)
+    base = dict(
+        vocab_size=50,
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=2,
+        intermediate_size=FF,
+        image_size=32,
+        patch_size=16,
+        max_image_length=4,
+        num_labels=3,
+        num_images=2,
+        max_position_embeddings=40,
+    )
     return cls(ViltConfig(**{**base, **kw}))
 
 
@@ -34,8 +44,13 @@ def original(seed=0, **kw):
     return ViLTransformerSS(layers=L, h=H, i=FF, **kw)
 
 
-HEADS = [ViltModel, ViltForQuestionAnswering, ViltForImageAndTextRetrieval,
-         ViltForImagesAndTextClassification, ViltForMaskedLM]
+HEADS = [
+    ViltModel,
+    ViltForQuestionAnswering,
+    ViltForImageAndTextRetrieval,
+    ViltForImagesAndTextClassification,
+    ViltForMaskedLM,
+]
 
 
 @pytest.mark.parametrize("cls", HEADS)
@@ -119,8 +134,9 @@ def test_original_vqa_ticket_applies_to_original_nlvr2_model():
     mask = vlticket.prune_magnitude(original(heads=("vqa",)), sparsity=0.5, adapter=ORIGINAL)
     nlvr2 = original(1, heads=("nlvr2",))
     mask.apply(nlvr2, adapter=ORIGINAL)
-    assert torch.equal(nlvr2.transformer.blocks[1].mlp.fc2.weight != 0,
-                       mask["encoder.layer.1.output.dense.weight"])
+    assert torch.equal(
+        nlvr2.transformer.blocks[1].mlp.fc2.weight != 0, mask["encoder.layer.1.output.dense.weight"]
+    )
 
 
 def test_groups_of_fused_masks_use_the_same_table():

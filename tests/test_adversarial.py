@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import vlticket
-from vlticket.adversarial import adversarial_loss, lxmert_hooks, project, symmetric_kl, vilt_hooks
+from vlticket.adapters import lxmert
+from vlticket.adversarial import adversarial_loss, embedding_hooks, project, symmetric_kl
 from vlticket.errors import ArgumentError
 
 
@@ -132,7 +133,7 @@ def test_vilt_hooks_match_the_model_and_train():
     )
     model = transformers.ViltForQuestionAnswering(config).eval()
     batch = {"input_ids": torch.randint(1, 30, (2, 6)), "pixel_values": torch.randn(2, 3, 32, 32)}
-    embed, forward = vilt_hooks(model)
+    embed, forward = embedding_hooks(model)  # found through the ViLT adapter
     with torch.no_grad():
         direct = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"]).logits
         hooked = forward(batch, embed(batch))
@@ -167,7 +168,7 @@ def test_lxmert_hooks_match_the_model():
         "visual_feats": torch.randn(2, 5, 12),
         "visual_pos": torch.rand(2, 5, 4),
     }
-    embed, forward = lxmert_hooks(model)
+    embed, forward = lxmert.embedding_hooks(model)
     with torch.no_grad():
         direct = model(
             input_ids=batch["input_ids"],
@@ -181,3 +182,16 @@ def test_lxmert_hooks_match_the_model():
     assert set(out.delta) == {"inputs_embeds", "visual_feats"}
     for d in out.delta.values():
         assert (d.flatten(1).norm(dim=1) <= 0.5 * (1 + 1e-5)).all()
+
+
+def test_embedding_hooks_of_a_family_without_them_is_a_clear_error():
+    from vlticket import adapters
+
+    model = nn.Sequential(nn.Linear(4, 4))
+    mine = adapters.PatternAdapter(include=[r"0\.weight"], name="adv-test-mlp")
+    adapters.register_adapter(mine)
+    try:
+        with pytest.raises(ArgumentError, match="'adv-test-mlp' has no embedding hooks"):
+            embedding_hooks(model)
+    finally:
+        del vlticket.registry._REGISTRY["adv-test-mlp"]

@@ -173,7 +173,7 @@ EXACT_OPTIMIZERS = {
 
 def test_every_fast_path_optimizer_is_tested():
     made = {type(make([nn.Parameter(torch.ones(1))])) for make in EXACT_OPTIMIZERS.values()}
-    assert made == vlticket.attach._ZERO_PRESERVING
+    assert made == vlticket.core.attach._ZERO_PRESERVING
 
 
 class _Counting:
@@ -181,13 +181,13 @@ class _Counting:
 
     def __init__(self, monkeypatch):
         self.zeroed: list[int] = []
-        real = vlticket.attach._zero_pruned
+        real = vlticket.core.attach._zero_pruned
 
         def counting(t, keep):
             self.zeroed.append(t.data_ptr())
             real(t, keep)
 
-        monkeypatch.setattr(vlticket.attach, "_zero_pruned", counting)
+        monkeypatch.setattr(vlticket.core.attach, "_zero_pruned", counting)
 
 
 @pytest.mark.parametrize("make_opt", EXACT_OPTIMIZERS.values(), ids=EXACT_OPTIMIZERS.keys())

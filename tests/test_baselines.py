@@ -13,7 +13,7 @@ from torch import nn
 import vlticket
 from vlticket import baselines
 from vlticket.errors import ArgumentError
-from vlticket.tickets import relaxed_ticket
+from vlticket.search import relaxed_ticket
 
 
 # -- relaxed ticket ------------------------------------------------------------------------------

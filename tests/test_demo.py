@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import vlticket
-from vlticket import _demo_data, demo
 from vlticket.cli import main
+from vlticket.demo import data as _demo_data
+from vlticket.demo import study as demo
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -28,7 +29,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     for task in "AB":
         row = results["rows"][task]
-        ticket = vlticket.Mask.from_pretrained(out / f"ticket_{task}")
+        ticket = vlticket.Ticket.from_pretrained(out / f"ticket_{task}").mask
         assert ticket.sparsity == pytest.approx(0.5, abs=1e-6)
         assert row["sparsity"] == ticket.sparsity
         history = json.loads((out / f"task_{task}" / "history.json").read_text())["rounds"]
@@ -41,8 +42,8 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert f"{results['iou_A_B']:.3f}" in printed
     assert f"{results['transfer_A_to_B']:.3f}" in printed
     iou = vlticket.iou(
-        vlticket.Mask.from_pretrained(out / "ticket_A"),
-        vlticket.Mask.from_pretrained(out / "ticket_B"),
+        vlticket.Ticket.from_pretrained(out / "ticket_A").mask,
+        vlticket.Ticket.from_pretrained(out / "ticket_B").mask,
     )
     assert iou == results["iou_A_B"]
     assert (out / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -68,7 +69,7 @@ def test_missing_extra_gives_a_clear_message(monkeypatch, tmp_path, capsys):
 
 def test_batched_image_embeds_match_vilt_own_embedding():
     pytest.importorskip("transformers")
-    from vlticket import _demo_model
+    from vlticket.demo import model as _demo_model
 
     torch.manual_seed(0)
     model = _demo_model.build_model(20, 5).eval()
@@ -89,19 +90,19 @@ def test_batched_image_embeds_match_vilt_own_embedding():
 def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
     # Every training run starts from exactly its own mask: no baseline inherits another's zeros.
     pytest.importorskip("easy_vqa")
-    from vlticket import _demo_model
+    from vlticket.demo import model as _demo_model
 
     real_train, checked = _demo_model.train, []
 
-    def train(model, *args, attach, **kwargs):
-        handle = getattr(attach, "__self__", None)
+    def train(model, *args, add_optimizer, **kwargs):
+        handle = getattr(add_optimizer, "__self__", None)
         if isinstance(handle, vlticket.MaskHandle):
             params = vlticket.adapter_for(model).prunable(model)
             zeros = sum(int((params[n] == 0).sum()) for n in handle.mask)
             assert all(torch.all(params[n][~k] == 0) for n, k in handle.mask.items())
             assert zeros <= handle.mask.num_pruned + 5  # kept weights are (almost) never 0
             checked.append(handle.mask.sparsity)
-        return real_train(model, *args, attach=attach, **kwargs)
+        return real_train(model, *args, add_optimizer=add_optimizer, **kwargs)
 
     monkeypatch.setattr(_demo_model, "train", train)
     assert main(["demo", "--tiny", "--out", str(tmp_path / "demo")]) == 0

@@ -18,8 +18,8 @@ from torch import nn
 
 import vlticket
 from vlticket import Mask
-from vlticket import _passes as passes
-from vlticket import pruning as vp
+from vlticket.core import _passes as passes
+from vlticket.core import _select as vp
 
 WORLD = 2
 
@@ -46,7 +46,7 @@ CASES = {
     "ties": (1, True, {"sparsity": 0.55}, None, False),
     "amount_prior": (2, True, {"amount": 0.4}, {"sparsity": 0.2}, False),
     "largest": (3, True, {"sparsity": 0.25, "largest": True}, None, False),
-    "layer": (4, True, {"sparsity": 0.5, "scope": "layer"}, None, False),
+    "tensor": (4, True, {"sparsity": 0.5, "scope": "tensor"}, None, False),
     "tiny_caps": (5, False, {"amount": 0.3}, {"sparsity": 0.1}, True),
     "tiny_caps_ties": (6, True, {"sparsity": 0.45}, None, True),
 }
@@ -104,17 +104,17 @@ def _worker(rank: int, out_dir: str) -> None:
         save_file(_full(mask), os.path.join(out_dir, f"{case}.rank{rank}.safetensors"))
 
     # Sharded weights, as FSDP2 lays them out; prior masks are sharded the same way.
-    saved = vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK
+    saved = vp._SAMPLE, vp._MIN_CAP, passes.CHUNK
     for case, (seed, ties, kwargs, prior_kw, tiny) in CASES.items():
         if tiny:
-            vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK = 8, 2, 16
+            vp._SAMPLE, vp._MIN_CAP, passes.CHUNK = 8, 2, 16
         full = case_weights(seed, ties)
         sharded = {n: distribute_tensor(t, mesh, [Shard(0)]) for n, t in full.items()}
         prior = None
         if prior_kw is not None:
             prior = prune_magnitude_distributed(sharded, **prior_kw)
         save(case, prune_magnitude_distributed(sharded, mask=prior, **kwargs))
-        vp._SAMPLE_SIZE, vp._MIN_COLLECT, passes.CHUNK = saved
+        vp._SAMPLE, vp._MIN_CAP, passes.CHUNK = saved
 
     # Mixed placements: Replicate on a 1-D mesh, (Replicate, Shard(0)) on a 2-D mesh, a plain
     # tensor: each weight is counted once.

@@ -48,6 +48,15 @@ def test_about_one_bit_per_weight(tmp_path):
     assert meta["format"] == "vlticket.mask" and float(meta["sparsity"]) == pytest.approx(0.7)
 
 
+def test_saving_the_same_mask_twice_gives_the_same_bytes(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    mask = Mask({f"t{i}": torch.rand(7, 5, generator=g) > 0.5 for i in range(6)})
+    mask.save(tmp_path / "a.safetensors", metadata={"z": "1", "a": "2", "m": "3"})
+    mask.clone().save(tmp_path / "b.safetensors", metadata={"m": "3", "a": "2", "z": "1"})
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert Mask.load(tmp_path / "b.safetensors") == mask
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     good = Mask({"w": torch.ones(8, dtype=torch.bool)})
@@ -57,7 +66,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("vlticket._files.save_file", boom)
+    monkeypatch.setattr("vlticket._files.os.fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         Mask({"w": torch.zeros(8, dtype=torch.bool)}).save(path)
     assert path.read_bytes() == original

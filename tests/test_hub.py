@@ -13,10 +13,9 @@ from vlticket import (
     ArgumentError,
     Checkpoint,
     FileFormatError,
-    Mask,
     NameMismatchError,
     ShapeMismatchError,
-    ticket_config,
+    Ticket,
 )
 from vlticket import hub as vhub
 from vlticket.adapters import groups_for
@@ -44,7 +43,7 @@ def mask(tiny_net):
 
 @pytest.fixture
 def folder(tmp_path, mask):
-    return mask.save_pretrained(tmp_path / "ticket", **INFO)
+    return Ticket(mask, **INFO).save_pretrained(tmp_path / "ticket")
 
 
 def _config(folder):
@@ -93,19 +92,23 @@ def test_model_card_metadata_and_sparsity_table(folder):
 
 
 def test_round_trip_local_folder(folder, mask):
-    assert Mask.from_pretrained(folder) == mask
-    ticket = vhub.load_ticket(folder)
-    assert ticket.checkpoint is None and ticket.config["task"] == "vqa"
+    ticket = Ticket.from_pretrained(folder)
+    assert ticket.mask == mask
+    assert ticket.checkpoint is None and ticket.config.task == "vqa"
+    Ticket(mask, **INFO).save_pretrained(folder.parent / "again")
+    again = Ticket.from_pretrained(folder.parent / "again").config
+    assert again == ticket.config  # the config reads back as it was written
+    assert repr(ticket).startswith("Ticket(4 tensors, sparsity 0.5")
 
 
 def test_checkpoint_shared_on_request(tmp_path, tiny_net, mask):
     theta0 = Checkpoint.capture(tiny_net)
-    folder = mask.save_pretrained(tmp_path / "t", checkpoint=theta0)
+    folder = Ticket(mask, checkpoint=theta0).save_pretrained(tmp_path / "t")
     assert (folder / "checkpoint.safetensors").is_file()
-    loaded = vhub.load_ticket(folder, checkpoint=True).checkpoint
+    loaded = Ticket.from_pretrained(folder, checkpoint=True).checkpoint
     assert set(loaded) == set(theta0)
     assert all(torch.equal(loaded[n], theta0[n]) for n in theta0)
-    assert vhub.load_ticket(folder).checkpoint is None
+    assert Ticket.from_pretrained(folder).checkpoint is None
 
 
 @pytest.mark.parametrize(
@@ -120,7 +123,7 @@ def test_checkpoint_shared_on_request(tmp_path, tiny_net, mask):
 )
 def test_bad_ticket_information_is_refused_before_writing(tmp_path, mask, info, match):
     with pytest.raises(ArgumentError, match=match):
-        mask.save_pretrained(tmp_path / "t", **info)
+        Ticket(mask, **info).save_pretrained(tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
 
@@ -169,7 +172,7 @@ def test_known_family_uses_its_adapter_groups():
 
 # -- applying a downloaded mask ---------------------------------------------------------------
 def test_apply_checks_fingerprint_then_prunes(folder, mask, tiny_net):
-    vhub.load_ticket(folder).apply(tiny_net)
+    Ticket.from_pretrained(folder).apply(tiny_net)
     assert torch.equal(tiny_net.fc1.weight != 0, mask["fc1.weight"])
 
 
@@ -178,14 +181,14 @@ def test_apply_to_another_size_changes_nothing(folder, tiny_net):
     tiny_net.head = torch.nn.Linear(32, 3)
     before = {n: p.clone() for n, p in tiny_net.named_parameters()}
     with pytest.raises(ShapeMismatchError, match=r"'fc2.weight'.*\(16, 16\).*\(32, 16\)"):
-        vhub.load_ticket(folder).apply(tiny_net)
+        Ticket.from_pretrained(folder).apply(tiny_net)
     assert all(torch.equal(p, before[n]) for n, p in tiny_net.named_parameters())
 
 
 def test_apply_to_another_architecture_names_first_missing_tensor(folder):
     other = torch.nn.Sequential(torch.nn.Linear(8, 16))
-    with pytest.raises(NameMismatchError, match="'emb.weight'.*org/tiny-base"):
-        vhub.load_ticket(folder).apply(other)
+    with pytest.raises(NameMismatchError, match="mask \\(made for org/tiny-base\\).*'emb.weight'"):
+        Ticket.from_pretrained(folder).apply(other)
 
 
 # -- hostile or corrupted folders -------------------------------------------------------------
@@ -193,7 +196,7 @@ def _rewrite(folder, name, data, *, fix_config=True):
     (folder / name).write_bytes(data)
     if fix_config:  # a careful attacker also fixes the size and hash in the config
         config = _config(folder)
-        config["files"][name] = ticket_config.file_record(folder / name)
+        config["files"][name] = vhub.file_record(folder / name)
         (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
 
 
@@ -213,7 +216,7 @@ class _Evil:
 def test_hostile_mask_file_is_refused(folder, data, match, capsys):
     _rewrite(folder, "mask.safetensors", data)
     with pytest.raises(FileFormatError, match=match):
-        Mask.from_pretrained(folder)
+        Ticket.from_pretrained(folder)
     assert "pickle code ran" not in capsys.readouterr().out
 
 
@@ -222,15 +225,17 @@ def test_tampered_mask_fails_the_hash_check(folder):
     data[-1] ^= 0xFF
     _rewrite(folder, "mask.safetensors", bytes(data), fix_config=False)
     with pytest.raises(FileFormatError, match="SHA-256"):
-        Mask.from_pretrained(folder)
+        Ticket.from_pretrained(folder)
 
 
 def test_mask_shapes_must_match_config_fingerprint(folder):
     config = _config(folder)
     config["fingerprint"]["fc1.weight"] = [4, 4]
     (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(FileFormatError, match=r"'fc1.weight' has shape \[16, 8\].*\[4, 4\]"):
-        Mask.from_pretrained(folder)
+    with pytest.raises(
+        FileFormatError, match=r"'fc1.weight': vlticket_config.json has shape \(4, 4\).*\(16, 8\)"
+    ):
+        Ticket.from_pretrained(folder)
 
 
 @pytest.mark.parametrize(
@@ -248,7 +253,7 @@ def test_mask_shapes_must_match_config_fingerprint(folder):
 def test_bad_config_is_refused(folder, config, match):
     (folder / vhub.CONFIG_FILE).write_bytes(config)
     with pytest.raises(FileFormatError, match=match):
-        vhub.load_ticket(folder)
+        Ticket.from_pretrained(folder)
 
 
 def test_files_outside_the_ticket_are_refused_in_config(folder):
@@ -256,12 +261,12 @@ def test_files_outside_the_ticket_are_refused_in_config(folder):
     config["files"]["pytorch_model.bin"] = {"size": 1, "sha256": "0"}
     (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(FileFormatError, match="'files'"):
-        vhub.load_ticket(folder)
+        Ticket.from_pretrained(folder)
 
 
 # -- through a Hub-compatible server ------------------------------------------------------------
 def test_push_is_one_commit_and_from_pretrained_reads_it_back(hub, mask):  # noqa: F811
-    url = mask.push_to_hub("alice/tiny-ticket", **INFO)
+    url = Ticket(mask, **INFO).push_to_hub("alice/tiny-ticket")
     assert url.startswith(f"{hub.url}/alice/tiny-ticket/commit/")
     assert len(hub.commits_posted()) == 1
     writes = [auth for method, _, auth in hub.requests if method == "POST"]
@@ -273,38 +278,38 @@ def test_push_is_one_commit_and_from_pretrained_reads_it_back(hub, mask):  # noq
         "vlticket_config.json",
     }
     card = hub.files("alice/tiny-ticket")["README.md"].decode()
-    assert 'load_ticket("alice/tiny-ticket")' in card
-    assert Mask.from_pretrained("alice/tiny-ticket") == mask
+    assert 'Ticket.from_pretrained("alice/tiny-ticket")' in card
+    assert Ticket.from_pretrained("alice/tiny-ticket").mask == mask
 
 
 def test_revision_selects_the_branch(hub, mask):  # noqa: F811
-    mask.push_to_hub("alice/t")
+    Ticket(mask).push_to_hub("alice/t")
     other = ~mask
-    other.push_to_hub("alice/t", revision="v2", commit_message="complement")
-    assert Mask.from_pretrained("alice/t") == mask
-    assert Mask.from_pretrained("alice/t", revision="v2") == other
+    Ticket(other).push_to_hub("alice/t", revision="v2", commit_message="complement")
+    assert Ticket.from_pretrained("alice/t").mask == mask
+    assert Ticket.from_pretrained("alice/t", revision="v2").mask == other
     commit = hub.repos["alice/t"].branches["main"]
-    assert Mask.from_pretrained("alice/t", revision=commit) == mask
+    assert Ticket.from_pretrained("alice/t", revision=commit).mask == mask
 
 
 def test_wrong_token_is_an_http_error(hub, mask):  # noqa: F811
     with pytest.raises(OSError, match="401"):
-        mask.push_to_hub("alice/t", token="hf_wrong")
+        Ticket(mask).push_to_hub("alice/t", token="hf_wrong")
     assert hub.commits_posted() == []
 
 
 def test_offline_mode_serves_from_cache(hub, mask, monkeypatch):  # noqa: F811
     from huggingface_hub import constants
 
-    mask.push_to_hub("alice/t")
-    assert Mask.from_pretrained("alice/t") == mask  # fills the cache
+    Ticket(mask).push_to_hub("alice/t")
+    assert Ticket.from_pretrained("alice/t").mask == mask  # fills the cache
     hub.stop()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     n = len(hub.requests)
-    assert Mask.from_pretrained("alice/t") == mask
+    assert Ticket.from_pretrained("alice/t").mask == mask
     assert len(hub.requests) == n
     with pytest.raises(LocalEntryNotFoundError):
-        Mask.from_pretrained("alice/never-downloaded")
+        Ticket.from_pretrained("alice/never-downloaded")
 
 
 def test_hostile_repo_is_refused_and_unknown_files_never_fetched(hub, folder):  # noqa: F811
@@ -325,7 +330,7 @@ def test_hostile_repo_is_refused_and_unknown_files_never_fetched(hub, folder):  
     )
     hub.put("mallory/ticket", files)
     with pytest.raises(FileFormatError, match="not a valid safetensors file"):
-        Mask.from_pretrained("mallory/ticket")
+        Ticket.from_pretrained("mallory/ticket")
     fetched = [path for method, path, _ in hub.requests if "/resolve/" in path]
     assert fetched and not any(p.endswith((".bin", ".py")) for p in fetched)
 
@@ -335,7 +340,7 @@ def test_download_ticket_and_push_folder(hub, folder, tmp_path, mask):  # noqa: 
     assert len(hub.commits_posted()) == 1
     out = vhub.download_ticket("alice/t", tmp_path / "pulled")
     assert (out / "README.md").read_text() == (folder / "README.md").read_text()
-    assert Mask.from_pretrained(out) == mask
+    assert Ticket.from_pretrained(out).mask == mask
 
 
 def test_push_folder_validates_before_any_request(hub, folder):  # noqa: F811
@@ -358,7 +363,7 @@ def pattern_adapter(monkeypatch):
     from vlticket import adapters
 
     # A private copy of the registry: other test files expect only the built-in adapters.
-    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))
+    monkeypatch.setattr(vlticket.registry, "_REGISTRY", dict(vlticket.registry._REGISTRY))
     adapter = adapters.PatternAdapter(
         include=[r"backbone\.\d+\.weight"], strip=r"backbone\.", name="hub-test-backbone"
     )
@@ -370,15 +375,18 @@ def test_recorded_adapter_is_used_to_apply_on_another_head(tmp_path, pattern_ada
     torch.manual_seed(0)
     mask = vlticket.prune_magnitude(_Wrapped(3), sparsity=0.5, adapter=pattern_adapter)
     assert list(mask) == ["0.weight", "1.weight"]
-    folder = mask.save_pretrained(tmp_path / "t", adapter=pattern_adapter)
+    folder = Ticket(mask, adapter=pattern_adapter).save_pretrained(tmp_path / "t")
     config = _config(folder)
     assert config["adapter"] == {"family": "hub-test-backbone", "options": []}
     assert "layer.0" in config["sparsity"]["groups"]
     other_task = _Wrapped(10)
-    vhub.load_ticket(folder).apply(other_task)  # canonical names found through the adapter
+    Ticket.from_pretrained(folder).apply(other_task)  # canonical names found through the adapter
     assert torch.equal(other_task.backbone[1].weight != 0, mask["1.weight"])
-    with pytest.raises(NameMismatchError, match="'0.weight'.*model's parameters"):
-        vhub.check_fingerprint(mask.shapes(), other_task)
+    before = {n: p.clone() for n, p in other_task.named_parameters()}
+    vlticket.registry._REGISTRY.pop("hub-test-backbone")  # a reader without the adapter
+    with pytest.raises(NameMismatchError, match="model's parameters: '0.weight'"):
+        Ticket.from_pretrained(folder).apply(other_task)
+    assert all(torch.equal(p, before[n]) for n, p in other_task.named_parameters())
 
 
 @pytest.mark.parametrize(
@@ -390,19 +398,19 @@ def test_config_fields_of_the_wrong_type_are_refused(folder, field, value):
     config[field] = value
     (folder / vhub.CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(FileFormatError, match=repr(field)):
-        vhub.load_ticket(folder)
+        Ticket.from_pretrained(folder)
 
 
 def test_deeply_nested_config_is_refused(folder):
     (folder / vhub.CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(FileFormatError, match="not JSON"):
-        vhub.load_ticket(folder)
+        Ticket.from_pretrained(folder)
 
 
 def test_resaving_without_checkpoint_removes_the_stale_one(tmp_path, tiny_net, mask, hub):  # noqa: F811
     folder = tmp_path / "t"
-    mask.save_pretrained(folder, checkpoint=vlticket.Checkpoint.capture(tiny_net))
-    mask.save_pretrained(folder)
+    Ticket(mask, checkpoint=vlticket.Checkpoint.capture(tiny_net)).save_pretrained(folder)
+    Ticket(mask).save_pretrained(folder)
     assert not (folder / vhub.CHECKPOINT_FILE).exists()
     (folder / "notes.bin").write_bytes(b"not part of the ticket")
     vhub.push_folder(folder, "alice/clean")

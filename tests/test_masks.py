@@ -22,7 +22,7 @@ def test_statistics_hand_computed():
     m = Mask({"w": torch.tensor([True, False, False, True]), "v": torch.tensor([[False, True]])})
     assert (m.numel, m.num_kept, m.num_pruned) == (6, 3, 3)
     assert m.sparsity == 0.5 and m.density == 0.5
-    assert m.layer_sparsity() == {"w": 0.5, "v": 0.5}
+    assert m.tensor_sparsity() == {"w": 0.5, "v": 0.5}
     assert Mask({}).sparsity == 0.0
 
 

@@ -26,14 +26,14 @@ def test_iou_hand_computed():
     a = Mask({"w": torch.tensor([True, True, False, False]), "v": torch.tensor([True])})
     b = Mask({"w": torch.tensor([True, False, True, False]), "v": torch.tensor([False])})
     assert vlticket.iou(a, b) == 1 / 4
-    assert vlticket.layer_iou(a, b) == {"w": 1 / 3, "v": 0.0}
+    assert vlticket.tensor_iou(a, b) == {"w": 1 / 3, "v": 0.0}
     assert vlticket.mask_distance(a, b) == 3 / 5
 
 
 def test_two_empty_masks_are_identical():
     e = Mask({"w": torch.zeros(4, dtype=torch.bool)})
     assert vlticket.iou(e, e.clone()) == 1.0
-    assert vlticket.layer_iou(e, e) == {"w": 1.0}
+    assert vlticket.tensor_iou(e, e) == {"w": 1.0}
 
 
 @settings(max_examples=80, deadline=None)
@@ -47,7 +47,7 @@ def test_iou_properties(pair):
     assert vlticket.mask_distance(a, a) == 0.0
     assert vlticket.mask_distance(a, ~a) == 1.0
     assert vlticket.mask_distance(a, b) == vlticket.mask_distance(b, a)
-    assert all(0.0 <= v <= 1.0 for v in vlticket.layer_iou(a, b).values())
+    assert all(0.0 <= v <= 1.0 for v in vlticket.tensor_iou(a, b).values())
 
 
 @settings(max_examples=40, deadline=None)
@@ -67,7 +67,7 @@ def test_mismatched_masks_raise():
     with pytest.raises(ShapeMismatchError, match="'w'"):
         vlticket.iou(a, Mask({"w": torch.ones(4, dtype=torch.bool)}))
     with pytest.raises(NameMismatchError, match="'v'"):
-        vlticket.layer_iou(a, Mask({"v": torch.ones(3, dtype=torch.bool)}))
+        vlticket.tensor_iou(a, Mask({"v": torch.ones(3, dtype=torch.bool)}))
     with pytest.raises(NameMismatchError):
         vlticket.iou_matrix({"x": a, "y": Mask({"v": torch.ones(3, dtype=torch.bool)})})
     with pytest.raises(ArgumentError, match="non-empty"):

@@ -9,7 +9,7 @@ from torch.nn.utils import prune as torch_prune
 
 import vlticket
 from vlticket import ArgumentError, Mask, NameMismatchError, ShapeMismatchError
-from vlticket import pruning as vp
+from vlticket.core import _select as vp
 
 
 def reference_magnitude(weights, k, mask=None):
@@ -61,7 +61,7 @@ def test_ties_broken_by_name_order_then_index():
 
 
 @settings(max_examples=60, deadline=None)
-@given(weight_dicts(), st.floats(0, 0.999), st.sampled_from(["global", "layer"]))
+@given(weight_dicts(), st.floats(0, 0.999), st.sampled_from(["global", "tensor"]))
 def test_sparsity_is_exact(weights, s, scope):
     m = vlticket.prune_magnitude(weights, sparsity=s, scope=scope)
     if scope == "global":
@@ -85,8 +85,8 @@ def test_matches_reference_with_ties(weights, s, with_mask):
 @pytest.mark.parametrize("ties", [False, True])
 def test_bracket_search_paths_match_reference(monkeypatch, sample, collect, ties):
     # Tiny sample and collection caps force the miss, widen and bisect branches.
-    monkeypatch.setattr(vp, "_SAMPLE_SIZE", sample)
-    monkeypatch.setattr(vp, "_MIN_COLLECT", collect)
+    monkeypatch.setattr(vp, "_SAMPLE", sample)
+    monkeypatch.setattr(vp, "_MIN_CAP", collect)
     g = torch.Generator().manual_seed(3)
     w = {"x": torch.randn(40, 30, generator=g), "y": torch.randn(500, generator=g)}
     if ties:
@@ -138,7 +138,7 @@ def test_imp_rounds_match_torch_iterative_pruning(tiny_net):
 
 
 def test_layer_scope_matches_torch_l1_unstructured(weights):
-    ours = vlticket.prune_magnitude(weights, sparsity=0.3, scope="layer")
+    ours = vlticket.prune_magnitude(weights, sparsity=0.3, scope="tensor")
     for name, w in weights.items():
         m = nn.Module()
         m.weight = nn.Parameter(w.clone())
@@ -196,7 +196,7 @@ def test_module_input_uses_default_prunable_set(tiny_net):
 @given(
     weight_dicts(),
     st.floats(0, 0.999),
-    st.sampled_from(["global", "layer"]),
+    st.sampled_from(["global", "tensor"]),
     st.integers(0, 2**32 - 1),
 )
 def test_random_counts_exact_and_seeded(weights, s, scope, seed):
@@ -227,7 +227,7 @@ def test_random_respects_mask_and_amount(weights):
 def test_random_global_is_spread_over_tensors():
     w = {"big": torch.zeros(9000), "small": torch.zeros(1000)}
     m = vlticket.prune_random(w, sparsity=0.5, seed=0)
-    assert abs(m.layer_sparsity()["small"] - 0.5) < 0.06  # hypergeometric sd is ~0.015
+    assert abs(m.tensor_sparsity()["small"] - 0.5) < 0.06  # hypergeometric sd is ~0.015
     assert vlticket.prune_random(w, sparsity=0.5, seed=1) != m
 
 
@@ -280,3 +280,45 @@ def test_non_float_weights_raise():
         vlticket.prune_magnitude({"w": torch.arange(4)}, sparsity=0.5)
     with pytest.raises(ArgumentError, match="weights"):
         vlticket.prune_magnitude([torch.ones(3)], sparsity=0.5)
+
+
+def test_scores_from_gradients_rank_by_salience():
+    w = torch.tensor([0.1, 0.9, -0.2, 0.5])
+    grad = torch.tensor([4.0, 0.1, 1.0, 1.0])
+    m = vlticket.prune_by_score({"w": (w * grad).abs()}, sparsity=0.5)
+    assert m["w"].tolist() == [True, False, False, True]  # |w·g| = 0.4, 0.09, 0.2, 0.5
+
+
+def test_scores_match_torch_global_unstructured_with_importance_scores():
+    g = torch.Generator().manual_seed(5)
+    a, b = nn.Linear(7, 5), nn.Linear(5, 3)
+    scores = {"a.weight": torch.rand(5, 7, generator=g), "b.weight": torch.rand(3, 5, generator=g)}
+    torch_prune.global_unstructured(
+        [(a, "weight"), (b, "weight")],
+        pruning_method=torch_prune.L1Unstructured,
+        amount=0.4,
+        importance_scores={(a, "weight"): scores["a.weight"], (b, "weight"): scores["b.weight"]},
+    )
+    ours = vlticket.prune_by_score(scores, amount=0.4)
+    assert torch.equal(ours["a.weight"], a.weight_mask.bool())
+    assert torch.equal(ours["b.weight"], b.weight_mask.bool())
+
+
+@pytest.mark.parametrize(
+    "scores, match",
+    [
+        ({"w": torch.tensor([0.5, -0.1])}, r"`scores\['w'\]` holds negative values"),
+        ({"w": torch.tensor([0.5, float("nan")])}, "NaN or inf"),
+        ({"w": torch.tensor([1, 2])}, "floating-point"),
+        ([torch.ones(2)], "`scores`"),
+    ],
+)
+def test_bad_scores_are_refused(scores, match):
+    with pytest.raises(ArgumentError, match=match):
+        vlticket.prune_by_score(scores, sparsity=0.5)
+
+
+def test_scores_must_fit_the_mask():
+    mask = Mask({"w": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(ShapeMismatchError):
+        vlticket.prune_by_score({"w": torch.ones(4)}, amount=0.5, mask=mask)

@@ -18,9 +18,8 @@ from torch import nn
 
 import vlticket
 from vlticket import Mask
-from vlticket import _passes as passes
-from vlticket import _select as vs
-from vlticket import pruning as vp
+from vlticket.core import _passes as passes
+from vlticket.core import _select as vs
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -45,7 +44,7 @@ def reference(weights, *, sparsity=None, amount=None, mask=None, scope="global",
         )
         for n, w in weights.items()
     }
-    pools = [[n] for n in weights] if scope == "layer" else [list(weights)]
+    pools = [[n] for n in weights] if scope == "tensor" else [list(weights)]
     for pool in pools:
         entries = _order(weights, mask, pool)
         numel = sum(weights[n].numel() for n in pool)
@@ -62,14 +61,18 @@ def reference(weights, *, sparsity=None, amount=None, mask=None, scope="global",
 
 @contextlib.contextmanager
 def tiny_search(chunk=5, sample=6, collect=2, block=2, bins=4):
-    saved = (passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS)
-    passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS = (
-        chunk, sample, collect, block, bins
+    saved = (passes.CHUNK, vs._SAMPLE, vs._MIN_CAP, vs._BLOCK, passes.BINS)
+    passes.CHUNK, vs._SAMPLE, vs._MIN_CAP, vs._BLOCK, passes.BINS = (
+        chunk,
+        sample,
+        collect,
+        block,
+        bins,
     )
     try:
         yield
     finally:
-        passes.CHUNK, vp._SAMPLE_SIZE, vp._MIN_COLLECT, vs._BLOCK, passes.BINS = saved
+        passes.CHUNK, vs._SAMPLE, vs._MIN_CAP, vs._BLOCK, passes.BINS = saved
 
 
 # -- random inputs --------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def problems(draw):
     kwargs = {
         "mask": mask,
         "largest": draw(st.booleans()),
-        "scope": draw(st.sampled_from(["global", "layer"])),
+        "scope": draw(st.sampled_from(["global", "tensor"])),
     }
     if draw(st.booleans()) or mask is not None:
         kwargs["amount"] = draw(st.floats(0, 0.999))
@@ -119,11 +122,26 @@ def test_matches_reference_on_every_search_path(problem, sizes):
     assert got == reference(weights, **kwargs)
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.booleans())
+def test_scores_match_reference(problem, tiny):
+    """prune_by_score ranks any non-negative scores as prune_magnitude ranks |w|."""
+    weights, kwargs = problem
+    scores = {n: w.abs() for n, w in weights.items()}
+    with tiny_search() if tiny else contextlib.nullcontext():
+        got = vlticket.prune_by_score(scores, **kwargs)
+    assert got == reference(scores, **kwargs)
+    assert got == vlticket.prune_magnitude(weights, **kwargs)
+
+
 def test_paths_are_taken(monkeypatch):
     """The shrunk search really reaches the fallback branches the references check."""
     calls = {"hist": 0, "threshold": 0, "collected": 0}
-    for key, fn in (("hist", "histogram"), ("threshold", "_finish_threshold"),
-                    ("collected", "_finish_collected")):
+    for key, fn in (
+        ("hist", "histogram"),
+        ("threshold", "_finish_threshold"),
+        ("collected", "_finish_collected"),
+    ):
         original = getattr(vs, fn)
 
         def counting(*a, _key=key, _f=original, **k):
@@ -147,10 +165,14 @@ def _fast_reference(weights, k, mask=None):
     """Sort-based reference for large inputs: stable argsort of |w| in name/index order."""
     names = list(weights)
     mags = torch.cat([weights[n].detach().reshape(-1).double().abs() for n in names])
-    keep = torch.cat([
-        (mask[n] if mask is not None else torch.ones_like(weights[n], dtype=torch.bool))
-        .reshape(-1) for n in names
-    ])
+    keep = torch.cat(
+        [
+            (
+                mask[n] if mask is not None else torch.ones_like(weights[n], dtype=torch.bool)
+            ).reshape(-1)
+            for n in names
+        ]
+    )
     mags[~keep] = math.inf
     order = torch.sort(mags, stable=True).indices[:k]
     keep[order] = False

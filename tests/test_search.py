@@ -33,7 +33,7 @@ def make_model() -> nn.Module:
 def train(model: nn.Module, rnd, steps: int = 10, search=None) -> None:
     torch.manual_seed(rnd.index)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rnd.attach(opt)
+    rnd.add_optimizer(opt)
     for _ in range(steps):
         idx = torch.randint(0, 128, (16,))
         loss = nn.functional.cross_entropy(model(X[idx]), Y[idx])
@@ -281,7 +281,7 @@ def test_step_and_attach_outside_a_round_raise():
     with pytest.raises(VlticketError, match="inside a round"):
         search.step()
     with pytest.raises(VlticketError, match="inside a round"):
-        search.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+        search.add_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(VlticketError, match="no round"):
         _ = search.mask
 

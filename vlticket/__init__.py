@@ -1,12 +1,33 @@
 """vlticket: find, check, share and compare lottery tickets in PyTorch models.
 
-The core is model-agnostic: a :class:`Mask` over named weights, pure pruning functions that
-return new masks, :class:`Checkpoint` snapshots to rewind to, and mask-similarity metrics.
+Where things live, bottom to top (each layer imports only from those below it):
+
+- ``errors``, ``registry`` and private helpers: exceptions, the adapter registry;
+- ``core``: :class:`Mask`, pruning, :class:`Checkpoint` (rewinding), similarity metrics and
+  :class:`MaskHandle` (a mask kept in force while training);
+- ``adapters``: canonical names of model families (LXMERT, UNITER, ViLT, patterns);
+- ``search`` (IMP), ``baselines``, ``adversarial``, ``distributed``, ``hub`` (sharing);
+- ``cli`` and ``demo``.
 """
 
 from . import adapters, adversarial, baselines, hub
+from ._version import __version__
 from .adapters import adapter_for
-from .attach import MaskHandle
+from .core import (
+    Checkpoint,
+    Mask,
+    MaskHandle,
+    group_iou,
+    group_sparsity,
+    group_stats,
+    iou,
+    iou_matrix,
+    mask_distance,
+    prune_by_score,
+    prune_magnitude,
+    prune_random,
+    tensor_iou,
+)
 from .errors import (
     ArgumentError,
     FileFormatError,
@@ -15,15 +36,9 @@ from .errors import (
     ShapeMismatchError,
     VlticketError,
 )
-from .hub import Ticket, load_ticket
-from .masks import Mask
-from .metrics import iou, iou_matrix, layer_iou, mask_distance
-from .pruning import prune_magnitude, prune_random
-from .rewind import Checkpoint
-from .search import Round, TicketSearch
-from .tickets import RelaxedTicket, relaxed_ticket
-
-__version__ = "0.1.0.dev0"
+from .hub import Ticket
+from .registry import register_adapter
+from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 
 __all__ = [
     "ArgumentError",
@@ -44,13 +59,17 @@ __all__ = [
     "adapters",
     "adversarial",
     "baselines",
+    "group_iou",
+    "group_sparsity",
+    "group_stats",
     "hub",
     "iou",
     "iou_matrix",
-    "layer_iou",
-    "load_ticket",
     "mask_distance",
+    "prune_by_score",
     "prune_magnitude",
     "prune_random",
+    "register_adapter",
     "relaxed_ticket",
+    "tensor_iou",
 ]

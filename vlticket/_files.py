@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .errors import FileFormatError
 
@@ -69,12 +68,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+_TORCH_DTYPES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+}
+
+
 def save_safetensors(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | os.PathLike
 ) -> None:
-    """``safetensors.torch.save_file`` to ``path``, atomically."""
-    with _atomic(path) as tmp:
-        save_file(tensors, tmp, metadata=metadata)
+    """Write a safetensors file atomically, byte for byte the same for the same input.
+
+    safetensors' own writer orders the metadata as a hash map does, so saving one mask twice
+    gave two SHA-256s; here the header lists tensors in the given order and metadata sorted.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    data = []
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _TORCH_DTYPES:
+            raise TypeError(f"tensor {name!r}: dtype {t.dtype} has no safetensors code here")
+        raw = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        header[name] = {
+            "dtype": _TORCH_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + raw.size],
+        }
+        data.append(raw)
+        offset += raw.size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with _atomic(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in data:
+            f.write(memoryview(raw))
 
 
 def read_header(path: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:

@@ -12,7 +12,8 @@ Any model works through two callables (the *hooks*):
   perturbed, other entries (e.g. masks) pass through unchanged;
 * ``forward(batch, embeddings) -> logits``.
 
-:func:`vilt_hooks` and :func:`lxmert_hooks` give them for the transformers ViLT and LXMERT models.
+:func:`embedding_hooks` gives them for any model whose adapter knows its embeddings
+(transformers ViLT and LXMERT built in).
 Only δ's gradient is taken during the ascent (``torch.autograd.grad``), so parameter gradients
 come from the returned loss alone and an attached mask keeps pruned weights at zero.
 """
@@ -27,11 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._named import unwrap
+from .adapters import adapter_for
+from .adapters.base import Embed, Forward
 from .errors import ArgumentError
-
-Embed = Callable[[Any], Mapping[str, torch.Tensor]]
-Forward = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass
@@ -102,7 +101,7 @@ def adversarial_loss(
     Args:
         batch: whatever ``embed`` and ``forward`` take.
         labels: targets for ``loss_fn`` (class indices for the default cross-entropy).
-        embed, forward: the hooks (see the module documentation, :func:`vilt_hooks`).
+        embed, forward: the hooks (see the module documentation, :func:`embedding_hooks`).
         epsilon: radius of the Frobenius-norm ball, per example and input.
         steps: projected gradient ascent steps.
         step_size: ascent step along the normalised gradient (default ``2 * epsilon / steps``).
@@ -112,7 +111,7 @@ def adversarial_loss(
     Example:
 
     ```python
-    embed, forward = vlticket.adversarial.vilt_hooks(model)
+    embed, forward = vlticket.adversarial.embedding_hooks(model)
     out = vlticket.adversarial.adversarial_loss(batch, batch["labels"], embed=embed,
                                                 forward=forward, epsilon=1.0, steps=3)
     out.loss.backward()
@@ -154,82 +153,28 @@ def adversarial_loss(
     return AdversarialLoss(clean + adversarial + alpha * kl, clean, adversarial, kl, final)
 
 
-def _backbone(model: nn.Module, attr: str) -> nn.Module:
-    return getattr(model, attr, model)
+def embedding_hooks(model: nn.Module) -> tuple[Embed, Forward]:
+    """The ``(embed, forward)`` hooks of a model whose family's adapter has them (transformers
+    ViLT and LXMERT built in: :func:`vlticket.adapters.vilt.embedding_hooks`,
+    :func:`vlticket.adapters.lxmert.embedding_hooks`).
 
-
-def vilt_hooks(model: nn.Module) -> tuple[Embed, Forward]:
-    """Hooks for transformers' ``ViltModel`` / ``ViltFor*``: perturbs word and image embeddings.
-
-    The batch is a mapping with ``input_ids`` and ``pixel_values`` (optional ``attention_mask``,
-    ``token_type_ids``, ``pixel_mask``), as ViltProcessor makes it. The forward returns
-    ``.logits`` (the pooled output for a bare ``ViltModel``).
+    Example:
+        >>> embed, forward = vlticket.adversarial.embedding_hooks(model)  # doctest: +SKIP
     """
-    vilt = _backbone(unwrap(model), "vilt")
-
-    def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        emb = vilt.embeddings
-        pixels = batch["pixel_values"]
-        pixel_mask = batch.get("pixel_mask")
-        if pixel_mask is None:
-            pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], device=pixels.device)
-        image, image_mask, _ = emb.visual_embed(
-            pixels, pixel_mask, max_image_length=vilt.config.max_image_length
+    adapter = adapter_for(model)
+    hooks = getattr(adapter, "embedding_hooks", None)
+    if hooks is None:
+        raise ArgumentError(
+            f"adapter {adapter.name!r} has no embedding hooks; write `embed(batch)` and "
+            "`forward(batch, embeddings)` for this model (see vlticket.adversarial)"
         )
-        words = emb.text_embeddings.word_embeddings(batch["input_ids"])
-        return {"inputs_embeds": words, "image_embeds": image, "image_mask": image_mask.long()}
-
-    def forward(batch: Mapping[str, torch.Tensor], e: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = model(
-            inputs_embeds=e["inputs_embeds"],
-            attention_mask=batch.get("attention_mask"),
-            token_type_ids=batch.get("token_type_ids"),
-            image_embeds=e["image_embeds"],
-            pixel_mask=e["image_mask"],
-        )
-        return out.logits if hasattr(out, "logits") else out.pooler_output
-
-    return embed, forward
-
-
-def lxmert_hooks(model: nn.Module) -> tuple[Embed, Forward]:
-    """Hooks for transformers' ``LxmertForQuestionAnswering`` (or ``LxmertModel``): perturbs
-    word embeddings and the region features ``visual_feats``.
-
-    The batch is a mapping with ``input_ids``, ``visual_feats``, ``visual_pos`` (optional
-    ``attention_mask``, ``token_type_ids``, ``visual_attention_mask``). The forward returns
-    ``question_answering_score`` (the pooled output for a bare ``LxmertModel``).
-    """
-    lxmert = _backbone(unwrap(model), "lxmert")
-
-    def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        words = lxmert.embeddings.word_embeddings(batch["input_ids"])
-        return {"inputs_embeds": words, "visual_feats": batch["visual_feats"]}
-
-    def forward(batch: Mapping[str, torch.Tensor], e: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        ids = batch["input_ids"]
-        token_types = batch.get("token_type_ids")
-        if token_types is None:
-            token_types = torch.zeros_like(ids)
-        out = model(
-            inputs_embeds=e["inputs_embeds"],
-            visual_feats=e["visual_feats"],
-            visual_pos=batch["visual_pos"],
-            attention_mask=batch.get("attention_mask"),
-            token_type_ids=token_types,
-            visual_attention_mask=batch.get("visual_attention_mask"),
-        )
-        score = getattr(out, "question_answering_score", None)
-        return score if score is not None else out.pooled_output
-
-    return embed, forward
+    return hooks(model)
 
 
 __all__ = [
     "AdversarialLoss",
     "adversarial_loss",
-    "lxmert_hooks",
+    "embedding_hooks",
     "project",
     "symmetric_kl",
-    "vilt_hooks",
 ]

@@ -22,12 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._named import NameMap, model_state
-from .attach import MaskHandle
+from ._naming import AdapterArg, model_state
+from .core import Checkpoint, Mask, MaskHandle, prune_random
 from .errors import ArgumentError
-from .masks import Mask
-from .pruning import prune_random
-from .rewind import Checkpoint
 
 
 def _check(model: nn.Module, ticket: Mask, init: Checkpoint) -> None:
@@ -76,7 +73,7 @@ def random_mask(ticket: Mask, *, per_tensor: bool = False, seed: int | None = No
 
 
 def retrain(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: NameMap | None = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
 ) -> MaskHandle:
     """The ticket itself: reset to ``init`` (θ0 or θi) and attach ``ticket``."""
     _check(model, ticket, init)
@@ -85,7 +82,7 @@ def retrain(
 
 
 def transfer(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: NameMap | None = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
 ) -> MaskHandle:
     """A ticket found on task S re-trained on task T: ``model`` is T's model (its own head),
     ``init`` its starting weights; the ticket's names must be T's prunable names (use the
@@ -100,7 +97,7 @@ def random_pruning(
     *,
     per_tensor: bool = False,
     seed: int | None = None,
-    adapter: NameMap | None = None,
+    adapter: AdapterArg = None,
 ) -> MaskHandle:
     """Random pruning at the ticket's sparsity, on ``init``; see :func:`random_mask`."""
     _check(model, ticket, init)
@@ -110,7 +107,7 @@ def random_pruning(
 
 
 def complement(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: NameMap | None = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
 ) -> MaskHandle:
     """The complement subnetwork ``~ticket``: exactly the weights the ticket pruned."""
     return retrain(model, ~ticket, init, adapter=adapter)
@@ -122,7 +119,7 @@ def shuffled_weights(
     init: Checkpoint,
     *,
     seed: int | None = None,
-    adapter: NameMap | None = None,
+    adapter: AdapterArg = None,
 ) -> MaskHandle:
     """The ticket on θ0'': ``init`` with each masked tensor's values shuffled within it.
 
@@ -141,7 +138,7 @@ def foreign_weights(
     init: Checkpoint,
     foreign: Checkpoint,
     *,
-    adapter: NameMap | None = None,
+    adapter: AdapterArg = None,
 ) -> MaskHandle:
     """The ticket on θ0': ``init``, then ``foreign``'s tensors (e.g. BERT's) in their place.
 

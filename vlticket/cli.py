@@ -19,6 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.utils import EntryNotFoundError, HFValidationError
+
+from . import demo
+from .adapters import groups_for
+from .core import Mask, group_stats, iou_matrix
+from .errors import ArgumentError, FileFormatError, VlticketError
+from .hub import Ticket, TicketConfig, download_ticket, push_folder
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -116,22 +124,12 @@ def _add_demo(sub: Any, with_demo: bool) -> None:
     if not with_demo:
         sub.add_parser("demo", help=help_text, add_help=False)
         return
-    try:
-        demo = importlib.import_module("vlticket.demo")
-    except ImportError as e:  # e.g. the demo extra is not installed
-        reason = f"the demo is unavailable ({e})"
-        if e.name != "vlticket.demo":
-            reason += "; install its extra: pip install 'vlticket[demo]'"
-        p = sub.add_parser("demo", help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(run=lambda args: _fail(reason))
-        return
     p = sub.add_parser("demo", help=help_text, description=(demo.__doc__ or "").strip() or None)
     demo.configure_parser(p)
-    p.set_defaults(run=lambda args: _demo(demo, args))
+    p.set_defaults(run=_demo)
 
 
-def _demo(demo: Any, args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     progress = logging.getLogger("vlticket.demo")
     handler = None
     if not logging.getLogger().handlers and not progress.handlers:  # progress on stderr
@@ -158,30 +156,22 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _load(source: str, revision: str | None = None) -> tuple[Any, dict | None]:
+def _load(source: str, revision: str | None = None) -> tuple[Mask, TicketConfig | None]:
     """(mask, ticket config or None) from a folder, a .safetensors file or a Hub repo."""
-    from . import hub
-    from .errors import FileFormatError
-    from .masks import Mask
-
     path = Path(source)
     if path.is_file() or source.endswith(".safetensors"):
         if path.suffix != ".safetensors":
             raise FileFormatError(f"{source!r}: expected a ticket folder or a .safetensors file")
         return Mask.load(path), None
-    ticket = hub.load_ticket(source, revision=revision)
+    ticket = Ticket.from_pretrained(source, revision=revision)
     return ticket.mask, ticket.config
 
 
 # -- inspect ------------------------------------------------------------------------------------
 def _inspect(args: argparse.Namespace) -> int:
-    from .adapters import group_stats, groups_for
-    from .ticket_config import recorded_adapter
-
     mask, config = _load(args.source, args.revision)
     overall = {"weights": mask.numel, "kept": mask.num_kept, "sparsity": mask.sparsity}
-    family, _ = recorded_adapter(config)
-    groups = group_stats(mask, groups_for(mask, family))
+    groups = group_stats(mask, _groups(mask, config))
     layers = {  # each tensor a group of its own
         name: {"shape": list(mask[name].shape), **stats}
         for name, stats in group_stats(mask, {n: [n] for n in mask}).items()
@@ -189,7 +179,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         report = {"source": args.source, "overall": overall, "groups": groups, "layers": layers}
         if config:
-            report["config"] = {k: config.get(k) for k in _SUMMARY_KEYS}
+            saved = json.loads(config.to_json())
+            report["config"] = {k: saved.get(k) for k in _SUMMARY_KEYS}
         print(json.dumps(report, indent=2))
         return EXIT_OK
     print(f"{args.source}")
@@ -211,38 +202,41 @@ def _inspect(args: argparse.Namespace) -> int:
 _SUMMARY_KEYS = ("base_model", "adapter", "search", "task", "metric", "vlticket_version")
 
 
-def _adapter_text(adapter: dict | None) -> str:
-    if not adapter:
-        return "-"
-    options = adapter.get("options") or []
-    return adapter.get("family", "-") + (f" (options: {', '.join(options)})" if options else "")
+def _groups(mask: Mask, config: TicketConfig | None) -> dict[str, list[str]]:
+    if config is None:
+        return groups_for(mask)
+    return groups_for(mask, config.adapter, config.adapter_options)
 
 
-def _describe(config: dict | None) -> list[str]:
-    if not config:
+def _describe(config: TicketConfig | None) -> list[str]:
+    if config is None:
         return ["(mask file without a ticket config)"]
-    base = config.get("base_model") or {}
-    search = {k: v for k, v in (config.get("search") or {}).items() if v is not None}
-    metric = {k: v for k, v in (config.get("metric") or {}).items() if v is not None}
+    c = config
+    search = {
+        k: getattr(c, k)
+        for k in ("method", "amount", "rounds", "rewind_step", "scope", "seed")
+        if getattr(c, k) is not None
+    }
+    metric = {
+        k: v
+        for k, v in (("name", c.metric), ("score", c.score), ("dense_score", c.dense_score))
+        if v is not None
+    }
+    options = f" (options: {', '.join(c.adapter_options)})" if c.adapter_options else ""
     lines = [
-        f"base model: {base.get('id') or '-'}"
-        + (f" @ {base['revision']}" if base.get("revision") else ""),
-        f"adapter: {_adapter_text(config.get('adapter'))}",
+        f"base model: {c.base_model or '-'}"
+        + (f" @ {c.base_model_revision}" if c.base_model_revision else ""),
+        f"adapter: {(c.adapter or '-') + options}",
         "found by: " + (", ".join(f"{k}={v}" for k, v in search.items()) or "-"),
     ]
-    if config.get("task") or metric:
-        parts = [f"task: {config.get('task') or '-'}", *(f"{k}={v}" for k, v in metric.items())]
+    if c.task or metric:
+        parts = [f"task: {c.task or '-'}", *(f"{k}={v}" for k, v in metric.items())]
         lines.append("  ".join(parts))
     return lines
 
 
 # -- iou ----------------------------------------------------------------------------------------
 def _iou(args: argparse.Namespace) -> int:
-    from .adapters import groups_for
-    from .masks import Mask
-    from .metrics import iou_matrix
-    from .ticket_config import recorded_adapter
-
     if len(args.sources) < 2:
         return _fail("iou needs at least two masks", EXIT_USAGE)
     if len(set(args.sources)) != len(args.sources):
@@ -252,8 +246,7 @@ def _iou(args: argparse.Namespace) -> int:
     names, overall = iou_matrix(masks)
     matrices = {"all": overall}
     if args.groups:
-        family, _ = recorded_adapter(loaded[0][1])
-        for group, members in groups_for(masks[names[0]], family).items():
+        for group, members in _groups(masks[names[0]], loaded[0][1]).items():
             sub = {k: Mask({n: m[n] for n in members}) for k, m in masks.items()}
             matrices[group] = iou_matrix(sub)[1]
     if args.plot:
@@ -276,8 +269,6 @@ def _plot(names: list[str], matrix: Any, path: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
-        from .errors import ArgumentError
-
         raise ArgumentError("--plot needs matplotlib: pip install 'vlticket[plot]'") from e
     n = len(names)
     fig = Figure(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5))
@@ -305,9 +296,6 @@ def _plot(names: list[str], matrix: Any, path: str) -> None:
 
 # -- push / pull --------------------------------------------------------------------------------
 def _push(args: argparse.Namespace) -> int:
-    from . import hub
-    from .errors import ArgumentError
-
     path = Path(args.path)
     options = dict(
         commit_message=args.message,
@@ -317,10 +305,10 @@ def _push(args: argparse.Namespace) -> int:
         create_pr=args.create_pr,
     )
     if path.is_dir():
-        url = hub.push_folder(path, args.repo_id, **options)
+        url = push_folder(path, args.repo_id, **options)
     elif path.is_file():
         mask, _ = _load(args.path)
-        url = hub.push_to_hub(mask, args.repo_id, **options)
+        url = Ticket(mask).push_to_hub(args.repo_id, **options)
     else:
         raise ArgumentError(f"DIR: {args.path!r} is neither a ticket folder nor a mask file")
     print(url)
@@ -328,9 +316,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from . import hub
-
-    folder = hub.download_ticket(
+    folder = download_ticket(
         args.repo_id,
         args.path,
         revision=args.revision,
@@ -367,10 +353,6 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures a user can cause and fix: reported without a traceback."""
-    from huggingface_hub.utils import EntryNotFoundError, HFValidationError
-
-    from .errors import VlticketError
-
     errors: list[type[BaseException]] = [
         VlticketError,
         OSError,

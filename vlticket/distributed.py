@@ -46,10 +46,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from ._named import NameMap, Weights
+from ._naming import AdapterArg, Weights
+from .core import Mask
+from .core.selection import TensorPart, check_request, local_reduce, select, targets
 from .errors import ArgumentError, MismatchError
-from .masks import Mask
-from .pruning import LocalPart, _check_scope, _exactly_one, _targets, magnitude_masks
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
@@ -67,7 +67,7 @@ def _all_reduce(group: dist.ProcessGroup | None):
     return reduce
 
 
-def _sharded_part(name: str, w: DTensor, keep: torch.Tensor | None, world: int) -> LocalPart:
+def _sharded_part(name: str, w: DTensor, keep: torch.Tensor | None, world: int) -> TensorPart:
     """The local shard of a DTensor and where it sits in the global row order."""
     mesh, placements = w.device_mesh, w.placements
     if mesh.size() != world:
@@ -105,7 +105,7 @@ def _sharded_part(name: str, w: DTensor, keep: torch.Tensor | None, world: int) 
             f"`mask[{name!r}]`: expected a DTensor or the local shard's shape "
             f"{tuple(local.shape)}, found a tensor of shape {tuple(keep.shape)}"
         )
-    return LocalPart(local, keep, w.numel(), shard, shards, counted)
+    return TensorPart(local, keep, w.numel(), shard, shards, counted)
 
 
 def _checksum(masks: dict[str, torch.Tensor]) -> int:
@@ -135,7 +135,7 @@ def prune_magnitude_distributed(
     mask: Mask | None = None,
     scope: str = "global",
     largest: bool = False,
-    adapter: NameMap | None = None,
+    adapter: AdapterArg = None,
     group: dist.ProcessGroup | None = None,
 ) -> Mask:
     """:func:`vlticket.prune_magnitude` across the ranks of ``group``; call it on every rank.
@@ -157,11 +157,10 @@ def prune_magnitude_distributed(
             "torch.distributed is not initialised: call dist.init_process_group first, or use "
             "vlticket.prune_magnitude in a single process"
         )
-    _exactly_one(sparsity, amount)
-    _check_scope(scope)
+    check_request(sparsity, amount, scope)
     if isinstance(weights, nn.parallel.DistributedDataParallel):
         weights = weights.module
-    tensors, keeps = _targets(weights, mask, adapter)
+    tensors, keeps = targets(weights, mask, adapter)
     reduce = _all_reduce(group)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     sharded = {n for n, t in tensors.items() if isinstance(t, DTensor)}
@@ -173,14 +172,14 @@ def prune_magnitude_distributed(
         else:
             keep = keep.full_tensor() if isinstance(keep, DTensor) else keep
             # With no sharded weight every rank counts its own replica: no communication.
-            parts[name] = LocalPart(t, keep, t.numel(), counted=not sharded or rank == 0)
-    local = magnitude_masks(
+            parts[name] = TensorPart(t, keep, t.numel(), counted=not sharded or rank == 0)
+    local = select(
         parts,
         sparsity=sparsity,
         amount=amount,
         scope=scope,
         largest=largest,
-        reduce=reduce if sharded else (lambda values, op: values),
+        reduce=reduce if sharded else local_reduce,
     )
     _check_agree({n: m for n, m in local.items() if n not in sharded}, reduce)
     out = {}

@@ -10,15 +10,16 @@ on the task head, so a mask found on one head applies unchanged to every other h
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._named import _preview, unwrap
+from .._naming import preview, unwrap
 from ..errors import ArgumentError, NameMismatchError
+from ..registry import AdapterLike
 
 OPTIONS = ("embeddings", "pooler", "visual_projection")
 PARTITIONS = ("stream", "layer", "component")
@@ -28,7 +29,7 @@ class UnknownModelError(NameMismatchError):
     """No adapter recognises a model (or the chosen adapter does not fit it)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Part:
     """One row of an adapter's table: canonical names that form one kind of weight.
 
@@ -56,14 +57,58 @@ class Part:
         return getattr(self, by)
 
 
-def _layers(where: str, stream: str, *blocks: tuple[str, str]) -> tuple[Part, ...]:
+def layers(where: str, stream: str, *blocks: tuple[str, str]) -> tuple[Part, ...]:
     """Parts for the weight matrices of layers ``{where}.{n}.``; blocks: (suffix, component)."""
     head = re.escape(where) + r"\.(?P<n>\d+)\."
     return tuple(
-        Part(head + suffix + r"\.weight", stream, f"{stream}.layer.{{n}}", component)
+        Part(
+            pattern=head + suffix + r"\.weight",
+            stream=stream,
+            layer=f"{stream}.layer.{{n}}",
+            component=component,
+        )
         for suffix, component in blocks
     )
 
+
+def embeddings(pattern: str, *, stream: str) -> Part:
+    """A part of embedding tables (pruned only with the ``embeddings`` option)."""
+    return Part(
+        pattern=pattern,
+        stream=stream,
+        layer="embeddings",
+        component="embeddings",
+        option="embeddings",
+    )
+
+
+def projection(pattern: str) -> Part:
+    """A visual feature projection (pruned only with the ``visual_projection`` option)."""
+    return Part(
+        pattern=pattern,
+        stream="vision",
+        layer="projection",
+        component="projection",
+        option="visual_projection",
+    )
+
+
+def pooler(pattern: str = r"pooler\.dense\.weight") -> Part:
+    """The pooler's dense weight (pruned only with the ``pooler`` option)."""
+    return Part(
+        pattern=pattern, stream="pooler", layer="pooler", component="pooler", option="pooler"
+    )
+
+
+# BERT's six weight matrices inside one layer.
+BERT_MATRICES = (
+    "attention.self.query.weight",
+    "attention.self.key.weight",
+    "attention.self.value.weight",
+    "attention.output.dense.weight",
+    "intermediate.dense.weight",
+    "output.dense.weight",
+)
 
 # The six weight matrices of a BERT layer, as (suffix regex, component).
 BERT_LAYER = (
@@ -74,7 +119,28 @@ BERT_LAYER = (
 )
 
 
-@dataclass(frozen=True)
+Embed = Callable[[Any], Mapping[str, torch.Tensor]]
+Forward = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
+EmbeddingHooks = Callable[[nn.Module], tuple[Embed, Forward]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextLayers:
+    """Where a BERT checkpoint's weights go in a family: the θ0' baseline's map.
+
+    Args:
+        layer: template of the family's language layer ``n``, e.g. ``"encoder.layer.{n}."``.
+        rename: BERT's name inside a layer -> the family's name inside its language layer,
+            for the six weight matrices.
+        embeddings: prefix of the family's text embeddings, e.g. ``"embeddings."``.
+    """
+
+    layer: str
+    rename: Mapping[str, str]
+    embeddings: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class Adapter:
     """Canonical names, the default prunable set and groups of one model family in one form.
 
@@ -91,6 +157,9 @@ class Adapter:
         options: options switched on, a subset of ``("embeddings", "pooler",
             "visual_projection")``.
         description: one line shown in listings and errors.
+        text_layers: where BERT's weights go (see :class:`TextLayers`), for ``bert_to_vl``.
+        embedding_hooks: a function ``model -> (embed, forward)`` giving the embedding inputs
+            that :mod:`vlticket.adversarial` perturbs, for this family's models.
 
     Example:
         >>> import vlticket.adapters as adapters
@@ -108,6 +177,8 @@ class Adapter:
     rename: tuple[tuple[str, str], ...] = ()
     options: frozenset[str] = frozenset()
     description: str = ""
+    text_layers: TextLayers | None = None
+    embedding_hooks: EmbeddingHooks | None = None
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -174,12 +245,12 @@ class Adapter:
         Raises :class:`UnknownModelError` if the names do not look like this family, and
         :class:`~vlticket.errors.NameMismatchError` if they hold two backbones.
         """
-        names = list(_model_names(model_or_names))
+        names = list(model_names(model_or_names))
         if not self.matches(names):
             raise UnknownModelError(
                 f"the model does not look like {self.name!r}: expected names matching "
                 f"{list(self.signature)} after the prefix /{self.prefix}/, found "
-                f"{_preview(names)}; try vlticket.adapters.adapter_for(model)"
+                f"{preview(names)}; try vlticket.adapters.adapter_for(model)"
             )
         out: dict[str, str] = {}
         prefixes: dict[str, str] = {}
@@ -227,7 +298,7 @@ class Adapter:
             >>> g = vlticket.adapters.get("lxmert").groups(list(mask))     # doctest: +SKIP
             >>> vlticket.adapters.group_sparsity(mask, g)["vision"]         # doctest: +SKIP
         """
-        return _grouped(names, by, self._group_of)
+        return grouped(names, by, self._group_of)
 
     def _group_of(self, name: str, by: str) -> str:
         found = self._part(name)
@@ -238,7 +309,7 @@ class Adapter:
         return f"Adapter({self.name!r}{opts})"
 
 
-def _grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[str]]:
+def grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[str]]:
     if by is not None and by not in PARTITIONS:
         raise ArgumentError(f"`by`: expected one of {PARTITIONS} or None, found {by!r}")
     names = list(names)
@@ -249,7 +320,7 @@ def _grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[s
     return {g: list(members) for g, members in out.items()}
 
 
-def prunable_by_names(adapter: Any, model: nn.Module) -> dict[str, nn.Parameter]:
+def prunable_by_names(adapter: AdapterLike, model: nn.Module) -> dict[str, nn.Parameter]:
     """``{canonical name: Parameter}`` through ``adapter.names``, shared by every adapter kind."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
@@ -257,7 +328,7 @@ def prunable_by_names(adapter: Any, model: nn.Module) -> dict[str, nn.Parameter]
     return {canon: params[name] for canon, name in adapter.names(params).items()}
 
 
-def _model_names(source: Any) -> Iterable[str]:
+def model_names(source: Any) -> Iterable[str]:
     if isinstance(source, nn.Module):
         return (n for n, _ in unwrap(source).named_parameters())
     if isinstance(source, Mapping):

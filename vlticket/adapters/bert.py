@@ -14,26 +14,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .._named import check_shapes
+from .._naming import check_shapes
 from ..errors import ArgumentError, NameMismatchError
+from ..registry import registered
+from .base import Adapter
+from .detect import adapter_for
 
-# BERT name inside one layer -> the family's canonical name inside its language layer N.
-_LAYER_SUFFIXES = {
-    "attention.self.query.weight": "attention.self.query.weight",
-    "attention.self.key.weight": "attention.self.key.weight",
-    "attention.self.value.weight": "attention.self.value.weight",
-    "attention.output.dense.weight": "attention.output.dense.weight",
-    "intermediate.dense.weight": "intermediate.dense.weight",
-    "output.dense.weight": "output.dense.weight",
-}
-_VILT_SUFFIXES = {
-    k: v.replace("attention.self.", "attention.attention.") for k, v in _LAYER_SUFFIXES.items()
-}
-_TARGETS = {
-    "uniter": ("encoder.layer.{n}.", _LAYER_SUFFIXES, "embeddings."),
-    "lxmert": ("encoder.layer.{n}.", _LAYER_SUFFIXES, "embeddings."),
-    "vilt": ("encoder.layer.{n}.", _VILT_SUFFIXES, "embeddings.text_embeddings."),
-}
 _BERT_NAME = re.compile(
     r"(?:module\.)?(?:bert\.)?(?:encoder\.layer\.(?P<n>\d+)\.(?P<layer>.+)|embeddings\.(?P<emb>"
     r"(?:word|position|token_type)_embeddings\.weight))"
@@ -50,7 +36,8 @@ def bert_to_vl(
 
     Args:
         bert_state_dict: a ``BertModel`` (or ``Bert*`` head, ``bert.`` prefix) state dict.
-        target: ``"uniter"``, ``"lxmert"`` or ``"vilt"``; or the V+L model itself, which
+        target: a family whose adapter says where BERT's weights go (``"uniter"``,
+            ``"lxmert"``, ``"vilt"``); or the V+L model itself, which
             also keeps only the layers the model has (LXMERT has fewer language layers than
             BERT has layers) and checks every shape.
         embeddings: also map the word, position and token-type embeddings.
@@ -60,17 +47,20 @@ def bert_to_vl(
         >>> adapter = vlticket.adapters.adapter_for(model)         # doctest: +SKIP
         >>> theta0p.restore(model, mask, adapter=adapter)           # doctest: +SKIP
     """
-    from . import adapter_for  # the registry imports this module
-
     model = None
     if isinstance(target, nn.Module):
         model, adapter = target, adapter_for(target, embeddings=embeddings)
-        family = adapter.name
     else:
-        family = target
-    if family not in _TARGETS:
-        raise ArgumentError(f"`target`: BERT weights map onto {sorted(_TARGETS)}, found {family!r}")
-    layer, suffixes, emb_prefix = _TARGETS[family]
+        adapter = next((a for a in _with_text_layers() if a.name == target), None)
+    if adapter is None or getattr(adapter, "text_layers", None) is None:
+        family = adapter.name if adapter is not None else target
+        known = sorted(a.name for a in _with_text_layers())
+        raise ArgumentError(f"`target`: BERT weights map onto {known}, found {family!r}")
+    layer, suffixes, emb_prefix = (
+        adapter.text_layers.layer,
+        adapter.text_layers.rename,
+        adapter.text_layers.embeddings,
+    )
     out = {}
     for name, t in bert_state_dict.items():
         m = _BERT_NAME.fullmatch(name)
@@ -90,3 +80,8 @@ def bert_to_vl(
         out = {n: t for n, t in out.items() if n in own}
         check_shapes({n: t.shape for n, t in out.items()}, own, what="BERT", where="the model")
     return out
+
+
+def _with_text_layers() -> list[Adapter]:
+    """The registered family adapters that say where BERT's weights go."""
+    return [a for a in registered() if isinstance(a, Adapter) and a.text_layers is not None]

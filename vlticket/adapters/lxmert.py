@@ -13,9 +13,22 @@ import re
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
+from .._naming import unwrap
 from ..errors import ArgumentError
-from .base import BERT_LAYER, Adapter, Part, _layers
+from .base import (
+    BERT_LAYER,
+    BERT_MATRICES,
+    Adapter,
+    Embed,
+    Forward,
+    TextLayers,
+    embeddings,
+    layers,
+    pooler,
+    projection,
+)
 
 _CROSS = (
     (r"visual_attention\.att\.(query|key|value)", "cross_attention"),
@@ -27,25 +40,48 @@ _CROSS = (
 )
 
 PARTS = (
-    *_layers("encoder.layer", "language", *BERT_LAYER),
-    *_layers("encoder.r_layers", "vision", *BERT_LAYER),
-    *_layers("encoder.x_layers", "cross", *_CROSS),
-    Part(
-        r"embeddings\.(word|position|token_type)_embeddings\.weight",
-        "language",
-        "embeddings",
-        "embeddings",
-        "embeddings",
-    ),
-    Part(
-        r"encoder\.visn_fc\.(visn_fc|box_fc)\.weight",
-        "vision",
-        "projection",
-        "projection",
-        "visual_projection",
-    ),
-    Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
+    *layers("encoder.layer", "language", *BERT_LAYER),
+    *layers("encoder.r_layers", "vision", *BERT_LAYER),
+    *layers("encoder.x_layers", "cross", *_CROSS),
+    embeddings(r"embeddings\.(word|position|token_type)_embeddings\.weight", stream="language"),
+    projection(r"encoder\.visn_fc\.(visn_fc|box_fc)\.weight"),
+    pooler(),
 )
+
+
+def embedding_hooks(model: nn.Module) -> tuple[Embed, Forward]:
+    """Adversarial-training hooks for transformers' ``LxmertForQuestionAnswering`` (or
+    ``LxmertModel``): perturbs word embeddings and the region features ``visual_feats``.
+
+    The batch is a mapping with ``input_ids``, ``visual_feats``, ``visual_pos`` (optional
+    ``attention_mask``, ``token_type_ids``, ``visual_attention_mask``). The forward returns
+    ``question_answering_score`` (the pooled output for a bare ``LxmertModel``).
+    """
+    inner = unwrap(model)
+    lxmert = getattr(inner, "lxmert", inner)
+
+    def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        words = lxmert.embeddings.word_embeddings(batch["input_ids"])
+        return {"inputs_embeds": words, "visual_feats": batch["visual_feats"]}
+
+    def forward(batch: Mapping[str, torch.Tensor], e: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
+        token_types = batch.get("token_type_ids")
+        if token_types is None:
+            token_types = torch.zeros_like(ids)
+        out = model(
+            inputs_embeds=e["inputs_embeds"],
+            visual_feats=e["visual_feats"],
+            visual_pos=batch["visual_pos"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=token_types,
+            visual_attention_mask=batch.get("visual_attention_mask"),
+        )
+        score = getattr(out, "question_answering_score", None)
+        return score if score is not None else out.pooled_output
+
+    return embed, forward
+
 
 LXMERT = Adapter(
     name="lxmert",
@@ -53,20 +89,27 @@ LXMERT = Adapter(
     signature=(r"encoder\.x_layers\.\d+\.visual_attention\.att\.query\.weight",),
     parts=PARTS,
     description="LXMERT: transformers Lxmert* and the original LXRT code (same canonical names)",
+    text_layers=TextLayers(
+        layer="encoder.layer.{n}.",
+        rename={m: m for m in BERT_MATRICES},
+        embeddings="embeddings.",
+    ),
+    embedding_hooks=embedding_hooks,
 )
 
 # Whole state dicts (every tensor, heads included) between the two code bases.
 _ORIGINAL_HEADS = {"vqa": "lxrt_encoder.model.bert.", "pretraining": "bert."}
 
 
-def to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def state_dict_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original LXMERT state dict to transformers' names (tensors shared, not copied).
 
     The backbone prefix becomes ``lxmert.`` and the original VQA head ``logit_fc.*`` becomes
     ``answer_head.logit_fc.*`` (same layer indices); pre-training heads keep their names.
 
     Example:
-        >>> hf.load_state_dict(lxmert.to_transformers(original.state_dict()))   # doctest: +SKIP
+        >>> sd = lxmert.state_dict_to_transformers(original.state_dict())  # doctest: +SKIP
+        >>> hf.load_state_dict(sd)                                         # doctest: +SKIP
     """
     out = {}
     for name, t in state_dict.items():
@@ -76,7 +119,7 @@ def to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def to_original(state_dict: Mapping[str, torch.Tensor], head: str = "vqa") -> dict:
+def state_dict_to_original(state_dict: Mapping[str, torch.Tensor], head: str = "vqa") -> dict:
     """Rename a transformers LXMERT state dict to the original code base's names.
 
     Args:

@@ -9,9 +9,9 @@ from typing import Any
 
 from torch import nn
 
-from .._named import _preview
+from .._naming import preview
 from ..errors import ArgumentError, NameMismatchError
-from .base import UnknownModelError, _grouped, _model_names, prunable_by_names
+from .base import UnknownModelError, grouped, model_names, prunable_by_names
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,12 @@ class PatternAdapter:
         return re.sub(f"^(?:{self.strip})", "", name, count=1) if self.strip else name
 
     def names(self, model_or_names: nn.Module | Mapping[str, Any] | Iterable[str]) -> dict:
-        names = list(_model_names(model_or_names))
+        names = list(model_names(model_or_names))
         unmatched = [p for p in self.include if not any(re.fullmatch(p, n) for n in names)]
         if unmatched:
             raise UnknownModelError(
                 f"include patterns {unmatched} match no parameter (patterns are matched with "
-                f"re.fullmatch against the whole name); the model has {_preview(names)}"
+                f"re.fullmatch against the whole name); the model has {preview(names)}"
             )
         out: dict[str, str] = {}
         for name in names:
@@ -95,9 +95,18 @@ class PatternAdapter:
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return prunable_by_names(self, model)
 
+    def with_options(self, **options: bool) -> PatternAdapter:
+        """Patterns take no options: the patterns themselves say what is pruned."""
+        if options:
+            raise ArgumentError(
+                f"adapter {self.name!r} takes no options, found {sorted(options)}; add the "
+                "weights to `include` instead"
+            )
+        return self
+
     def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
         """Groups by the first integer in the name (``layer.N``); other names go to ``other``."""
-        return _grouped(names, by, _numbered_group)
+        return grouped(names, by, _numbered_group)
 
 
 def _numbered_group(name: str, by: str) -> str:

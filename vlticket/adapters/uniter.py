@@ -8,32 +8,23 @@ stripped. Every layer sees both modalities, so all layers are in the ``cross`` s
 
 from __future__ import annotations
 
-from .base import BERT_LAYER, Adapter, Part, _layers
+from .base import (
+    BERT_LAYER,
+    BERT_MATRICES,
+    Adapter,
+    TextLayers,
+    embeddings,
+    layers,
+    pooler,
+    projection,
+)
 
 PARTS = (
-    *_layers("encoder.layer", "cross", *BERT_LAYER),
-    Part(
-        r"embeddings\.(word|position|token_type)_embeddings\.weight",
-        "language",
-        "embeddings",
-        "embeddings",
-        "embeddings",
-    ),
-    Part(
-        r"img_embeddings\.mask_embedding\.weight",
-        "vision",
-        "embeddings",
-        "embeddings",
-        "embeddings",
-    ),
-    Part(
-        r"img_embeddings\.(img_linear|pos_linear)\.weight",
-        "vision",
-        "projection",
-        "projection",
-        "visual_projection",
-    ),
-    Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
+    *layers("encoder.layer", "cross", *BERT_LAYER),
+    embeddings(r"embeddings\.(word|position|token_type)_embeddings\.weight", stream="language"),
+    embeddings(r"img_embeddings\.mask_embedding\.weight", stream="vision"),
+    projection(r"img_embeddings\.(img_linear|pos_linear)\.weight"),
+    pooler(),
 )
 
 UNITER = Adapter(
@@ -45,4 +36,9 @@ UNITER = Adapter(
     ),
     parts=PARTS,
     description="UNITER original code base (UniterModel under `uniter.`)",
+    text_layers=TextLayers(
+        layer="encoder.layer.{n}.",
+        rename={m: m for m in BERT_MATRICES},
+        embeddings="embeddings.",
+    ),
 )

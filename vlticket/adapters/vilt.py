@@ -17,11 +17,22 @@ from collections.abc import Mapping
 from typing import TypeVar
 
 import torch
+from torch import nn
 
+from .._naming import unwrap
+from ..core import Checkpoint, Mask
 from ..errors import NameMismatchError, ShapeMismatchError
-from ..masks import Mask
-from ..rewind import Checkpoint
-from .base import Adapter, Part, _layers
+from .base import (
+    BERT_MATRICES,
+    Adapter,
+    Embed,
+    Forward,
+    TextLayers,
+    embeddings,
+    layers,
+    pooler,
+    projection,
+)
 
 _LAYER = (
     (r"attention\.attention\.(query|key|value|qkv)", "attention"),
@@ -31,37 +42,53 @@ _LAYER = (
 )
 
 PARTS = (
-    *_layers("encoder.layer", "cross", *_LAYER),
-    Part(
+    *layers("encoder.layer", "cross", *_LAYER),
+    embeddings(
         r"embeddings\.text_embeddings\.(word|position|token_type)_embeddings\.weight",
-        "language",
-        "embeddings",
-        "embeddings",
-        "embeddings",
+        stream="language",
     ),
-    Part(
-        r"embeddings\.(cls_token|position_embeddings)",
-        "vision",
-        "embeddings",
-        "embeddings",
-        "embeddings",
-    ),
-    Part(
-        r"embeddings\.token_type_embeddings\.weight",
-        "cross",
-        "embeddings",
-        "embeddings",
-        "embeddings",
-    ),
-    Part(
-        r"embeddings\.patch_embeddings\.projection\.weight",
-        "vision",
-        "projection",
-        "projection",
-        "visual_projection",
-    ),
-    Part(r"pooler\.dense\.weight", "pooler", "pooler", "pooler", "pooler"),
+    embeddings(r"embeddings\.(cls_token|position_embeddings)", stream="vision"),
+    embeddings(r"embeddings\.token_type_embeddings\.weight", stream="cross"),
+    projection(r"embeddings\.patch_embeddings\.projection\.weight"),
+    pooler(),
 )
+
+
+def embedding_hooks(model: nn.Module) -> tuple[Embed, Forward]:
+    """Adversarial-training hooks for transformers' ``ViltModel`` / ``ViltFor*``: perturbs word
+    and image embeddings.
+
+    The batch is a mapping with ``input_ids`` and ``pixel_values`` (optional ``attention_mask``,
+    ``token_type_ids``, ``pixel_mask``), as ViltProcessor makes it. The forward returns
+    ``.logits`` (the pooled output for a bare ``ViltModel``).
+    """
+    inner = unwrap(model)
+    vilt = getattr(inner, "vilt", inner)
+
+    def embed(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        emb = vilt.embeddings
+        pixels = batch["pixel_values"]
+        pixel_mask = batch.get("pixel_mask")
+        if pixel_mask is None:
+            pixel_mask = torch.ones(pixels.shape[0], *pixels.shape[2:], device=pixels.device)
+        image, image_mask, _ = emb.visual_embed(
+            pixels, pixel_mask, max_image_length=vilt.config.max_image_length
+        )
+        words = emb.text_embeddings.word_embeddings(batch["input_ids"])
+        return {"inputs_embeds": words, "image_embeds": image, "image_mask": image_mask.long()}
+
+    def forward(batch: Mapping[str, torch.Tensor], e: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = model(
+            inputs_embeds=e["inputs_embeds"],
+            attention_mask=batch.get("attention_mask"),
+            token_type_ids=batch.get("token_type_ids"),
+            image_embeds=e["image_embeds"],
+            pixel_mask=e["image_mask"],
+        )
+        return out.logits if hasattr(out, "logits") else out.pooler_output
+
+    return embed, forward
+
 
 VILT = Adapter(
     name="vilt",
@@ -72,6 +99,12 @@ VILT = Adapter(
     ),
     parts=PARTS,
     description="ViLT: transformers ViltModel / ViltFor* (canonical names = ViltModel's)",
+    text_layers=TextLayers(
+        layer="encoder.layer.{n}.",
+        rename={m: m.replace("attention.self.", "attention.attention.") for m in BERT_MATRICES},
+        embeddings="embeddings.text_embeddings.",
+    ),
+    embedding_hooks=embedding_hooks,
 )
 
 _BLOCK = r"transformer\.blocks\.(?P<n>\d+)\."

@@ -1,4 +1,4 @@
-"""``vlticket demo``: a miniature of the study on this machine's CPU, offline.
+"""The study in miniature: pre-train θ0, find each task's ticket, run the baselines, compare.
 
 A small ViLT (hidden 64, 2 layers) is pre-trained briefly on easy-vqa (θ0), then IMP finds a
 ticket on each of two colour tasks; the ticket is compared with random pruning and with the
@@ -12,20 +12,22 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import _demo_data, _demo_model, _demo_report, _files, baselines
-from ._named import model_state
-from .errors import VlticketError
-from .metrics import iou
-from .rewind import Checkpoint
-from .search import TicketSearch
-from .tickets import relaxed_ticket
+from .. import _files, baselines
+from .._naming import model_state
+from ..adapters import adapter_for
+from ..core import Checkpoint, iou
+from ..errors import VlticketError
+from ..hub import Ticket
+from ..search import TicketSearch, relaxed_ticket
+from . import data as _demo_data
+from . import model as _demo_model
+from . import report as _demo_report
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def _fit(model, handle, train, data, test, s, seed: int) -> float:
         batch_size=s["batch_size"],
         lr=s["lr"],
         seed=seed,
-        attach=handle.add_optimizer,
+        add_optimizer=handle.add_optimizer,
     )
     handle.remove()
     return _demo_model.accuracy(model, test, data.test_images)
@@ -162,7 +164,7 @@ def _find_ticket(model, adapter, theta0, task: str, data, s, out: Path) -> Ticke
             batch_size=s["batch_size"],
             lr=s["lr"],
             seed=s["seed"] * 1000 + rnd.index,
-            attach=rnd.attach,
+            add_optimizer=rnd.add_optimizer,
         )
         acc = _demo_model.accuracy(model, test, data.test_images)
         rnd.report(accuracy=acc)
@@ -172,11 +174,9 @@ def _find_ticket(model, adapter, theta0, task: str, data, s, out: Path) -> Ticke
     return search
 
 
-def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
+def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run the miniature study with settings ``s``; write into ``out``; return the numbers."""
     _demo_data.require_demo_extra()
-    from .adapters import adapter_for
-
     torch.set_num_threads(s["threads"])
     began = time.perf_counter()
     data = _demo_data.load(max_images=s["max_images"])
@@ -206,8 +206,8 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         row["random"] = _fit(model, rand, train, data, test, s, seed)
         shuf = baselines.shuffled_weights(model, ticket, theta0, seed=s["seed"], adapter=adapter)
         row["shuffled"] = _fit(model, shuf, train, data, test, s, seed)
-        ticket.save_pretrained(  # a ticket folder: `vlticket inspect` shows it by group
-            out / f"ticket_{task}",
+        Ticket(  # a ticket folder: `vlticket inspect` shows it by group
+            ticket,
             adapter=adapter,
             method="imp",
             amount=s["amount"],
@@ -219,7 +219,7 @@ def study(s: dict[str, Any], out: Path) -> dict[str, Any]:
             metric="accuracy",
             score=row["imp"],
             dense_score=dense,
-        )
+        ).save_pretrained(out / f"ticket_{task}")
     a, b = searches["A"].mask, searches["B"].mask
     handle = baselines.transfer(model, a, theta0, adapter=adapter)
     seed = s["seed"] * 1000 + 998
@@ -240,17 +240,6 @@ def run(args: argparse.Namespace) -> str:
     settings = _settings(args)
     out = Path(args.out)
     logger.info("vlticket demo: %s", ", ".join(f"{k}={v}" for k, v in settings.items()))
-    results = study(settings, out)
+    results = run_study(settings, out)
     table = _demo_report.format_table(results)
     return f"{table}\n\nmasks, history and plot written to {out}/"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m vlticket.demo``: the same as ``vlticket demo``."""
-    from .cli import main as cli_main
-
-    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from ._demo_data import Split
+from .data import Split
 
 
 def build_model(
@@ -91,13 +91,13 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
-    attach=None,
+    add_optimizer=None,
 ) -> None:
-    """Plain AdamW fine-tuning with cross-entropy; ``attach(optimizer)`` is called first."""
+    """Plain AdamW fine-tuning with cross-entropy; ``add_optimizer(optimizer)`` is called first."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    if attach is not None:
-        attach(opt)
+    if add_optimizer is not None:
+        add_optimizer(opt)
     model.train()
     for _ in range(steps):
         rows = torch.randint(0, len(split), (batch_size,), generator=g)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import _demo_data
+from . import data as _data
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -31,7 +31,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def format_table(results: dict[str, Any]) -> str:
     """Table 1 of the study in miniature, from the numbers of one run."""
-    groups = {t: "/".join(_demo_data.TASKS[t]) for t in "AB"}
+    groups = {t: "/".join(_data.TASKS[t]) for t in "AB"}
     shuffled = "θ0\u2032\u2032"
     lines = [
         f"{'task':<34} {'dense':>6} {'99%':>6} {'sparsity':>8} {'IMP':>6} {'random':>7} "

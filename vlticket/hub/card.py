@@ -7,7 +7,10 @@ model; the body says how the mask was found, how to apply it, and its sparsity p
 from __future__ import annotations
 
 import json
-from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .config import TicketConfig
 
 _METHODS = {
     "imp": "iterative magnitude pruning",
@@ -23,26 +26,24 @@ _SEARCH_TEXT = (
 )
 
 
-def model_card(config: dict[str, Any], repo_id: str = "") -> str:
+def model_card(config: TicketConfig, repo_id: str = "") -> str:
     """The text of a ticket's model card.
 
     Args:
-        config: the ticket's config, as built by :func:`vlticket.ticket_config.build_config`.
+        config: the ticket's config.
         repo_id: the Hub repo the ticket goes to, shown in the usage snippet.
 
     Example:
-        >>> text = model_card(config, "user/vilt-vqa-ticket")  # doctest: +SKIP
+        >>> text = model_card(ticket.config, "user/vilt-vqa-ticket")  # doctest: +SKIP
         >>> text.startswith("---\\nbase_model: dandelin/vilt-b32-mlm")  # doctest: +SKIP
         True
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    base, sparsity = config["base_model"]["id"], config["sparsity"]
+    base, sparsity = config.base_model, config.sparsity
     data = ModelCardData(
         library_name="vlticket",
         base_model=base,
-        license=config["license"],
-        tags=["lottery-ticket", "pruning-mask", *([config["task"]] if config["task"] else [])],
+        license=config.license,
+        tags=["lottery-ticket", "pruning-mask", *([config.task] if config.task else [])],
     )
     rows = "\n".join(
         f"| {g} | {s['weights']:,} | {s['kept']:,} | {s['sparsity']:.2%} |"
@@ -52,10 +53,10 @@ def model_card(config: dict[str, Any], repo_id: str = "") -> str:
         f"# Lottery ticket{f' for {base}' if base else ''}\n\n"
         f"A binary pruning mask (a *lottery ticket*) made with vlticket. It keeps "
         f"{sparsity['kept']:,} of {sparsity['weights']:,} weights (sparsity "
-        f"{sparsity['overall']:.2%}). {', '.join(_how_found(config['search']))}.\n\n"
+        f"{sparsity['overall']:.2%}). {', '.join(_how_found(config))}.\n\n"
         f"{_result(config)}"
-        "## Use\n\n```python\nimport vlticket.hub\n\n"
-        f"ticket = vlticket.hub.load_ticket({json.dumps(repo_id or '<repo_id>')})\n"
+        "## Use\n\n```python\nimport vlticket\n\n"
+        f"ticket = vlticket.Ticket.from_pretrained({json.dumps(repo_id or '<repo_id>')})\n"
         "ticket.apply(model)  # checks names and shapes first, then zeroes the pruned weights\n"
         "```\n\n## Sparsity\n\n| group | weights | kept | sparsity |\n|---|---:|---:|---:|\n"
         f"| **all** | {sparsity['weights']:,} | {sparsity['kept']:,} | "
@@ -64,20 +65,21 @@ def model_card(config: dict[str, Any], repo_id: str = "") -> str:
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def _how_found(search: dict[str, Any]) -> list[str]:
-    method = _METHODS.get(search["method"] or "", "an unrecorded method")
+def _how_found(config: TicketConfig) -> list[str]:
+    method = _METHODS.get(config.method or "", "an unrecorded method")
     return [f"Found by {method}"] + [
-        text.format(search[key]) for key, text in _SEARCH_TEXT if search[key] is not None
+        text.format(getattr(config, key))
+        for key, text in _SEARCH_TEXT
+        if getattr(config, key) is not None
     ]
 
 
-def _result(config: dict[str, Any]) -> str:
-    metric = config["metric"]
-    if not config["task"] and metric["score"] is None:
+def _result(config: TicketConfig) -> str:
+    if not config.task and config.score is None:
         return ""
-    result = f"Task: {config['task'] or 'unrecorded'}"
-    if metric["score"] is not None:
-        result += f"; {metric['name'] or 'score'} {metric['score']:.4g}"
-        if metric["dense_score"] is not None:
-            result += f" (dense model: {metric['dense_score']:.4g})"
+    result = f"Task: {config.task or 'unrecorded'}"
+    if config.score is not None:
+        result += f"; {config.metric or 'score'} {config.score:.4g}"
+        if config.dense_score is not None:
+            result += f" (dense model: {config.dense_score:.4g})"
     return result + ".\n\n"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import VlticketError
+from ..errors import VlticketError
 
 TASKS = {
     "A": ("red", "green", "blue", "yellow"),

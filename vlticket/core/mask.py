@@ -6,26 +6,19 @@ A mask is plain data. It never reparametrises a model: ``apply`` zeroes weights 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from . import _files
-from ._named import NameMap, Weights, check_layout, default_prunable, named_tensors
+from .._files import read_header
+from .._naming import AdapterArg, Weights, check_layout, named_tensors, prunable_tensors
+from ..errors import ArgumentError
+from . import mask_file
 from ._passes import count_true
-from .errors import ArgumentError, FileFormatError
-
-if TYPE_CHECKING:
-    from .attach import MaskHandle
-
-FORMAT = "vlticket.mask"
-FORMAT_VERSION = "1"
+from .attach import MaskHandle
 
 
 def _validated(name: Any, value: Any) -> torch.Tensor:
@@ -89,7 +82,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def ones(cls, weights: Weights, *, adapter: NameMap | None = None) -> Mask:
+    def ones(cls, weights: Weights, *, adapter: AdapterArg = None) -> Mask:
         """A mask keeping every weight of ``weights``.
 
         Args:
@@ -97,7 +90,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
                 parameter with two or more dimensions, or the adapter's prunable set).
             adapter: optional adapter whose ``prunable(model)`` names the tensors.
         """
-        tensors = _prunable(weights, adapter)
+        tensors = prunable_tensors(weights, adapter=adapter)
         return cls(
             {
                 # A model built on the meta device gets a real mask, on the CPU.
@@ -154,7 +147,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
         """Fraction of weights pruned, over all entries of all tensors."""
         return 1.0 - self.density
 
-    def layer_sparsity(self) -> dict[str, float]:
+    def tensor_sparsity(self) -> dict[str, float]:
         """Pruned fraction of each tensor, by name."""
         return {
             n: 1.0 - count_true(t) / t.numel() if t.numel() else 0.0 for n, t in self._data.items()
@@ -193,19 +186,20 @@ class Mask(MutableMapping[str, torch.Tensor]):
         )
 
     # -- in place on a model ----------------------------------------------------------------
-    def _targets(self, module_or_weights: Weights, adapter: NameMap | None) -> dict:
-        from .rewind import Checkpoint
-
-        if isinstance(module_or_weights, Checkpoint):
+    def _targets(self, module_or_weights: Weights, adapter: AdapterArg) -> dict:
+        if isinstance(module_or_weights, Mapping) and not isinstance(
+            module_or_weights, MutableMapping
+        ):
             raise ArgumentError(
-                "`module_or_weights`: a Checkpoint is a snapshot and is never masked in place; "
-                "use `checkpoint.restore(model, mask)` to rewind a model and apply the mask"
+                "`module_or_weights`: a read-only mapping such as a Checkpoint is a snapshot and "
+                "is never masked in place; use `checkpoint.restore(model, mask)` to rewind a "
+                "model and apply the mask"
             )
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
         check_layout(self.shapes(), targets, what="the mask", where="the model", exact=False)
         return {n: targets[n] for n in self._data}
 
-    def apply(self, module_or_weights: Weights, *, adapter: NameMap | None = None) -> None:
+    def apply(self, module_or_weights: Weights, *, adapter: AdapterArg = None) -> None:
         """Zero the pruned weights in place.
 
         Every name and shape is checked before anything is written: on a mismatch a
@@ -225,7 +219,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
         module: Weights,
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        adapter: NameMap | None = None,
+        adapter: AdapterArg = None,
     ) -> MaskHandle:
         """Keep pruned weights at exactly zero while the user's own loop trains ``module``.
 
@@ -236,7 +230,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
         pass over the gradients per step; any other optimizer also gets the weights re-zeroed
         after its step. On CPU, prefer ``AdamW(..., fused=True)``: the default for-loop AdamW
         pays for torch's slow ``sqrt`` of the pruned weights' zero second moments.
-        Returns a :class:`~vlticket.attach.MaskHandle`; call ``remove()`` (or use it as a
+        Returns a :class:`~vlticket.MaskHandle`; call ``remove()`` (or use it as a
         context manager) to detach.
 
         Example:
@@ -244,108 +238,26 @@ class Mask(MutableMapping[str, torch.Tensor]):
             >>> train(model, optimizer)                  # doctest: +SKIP
             >>> handle.remove()                          # doctest: +SKIP
         """
-        from .attach import MaskHandle
-
         targets = self._targets(module, adapter)
         return MaskHandle(self, targets, optimizer)
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
-        """Write the mask as safetensors, 1 bit per weight, atomically.
+        """Write the mask as safetensors, 1 bit per weight, atomically (see ``mask_file``).
 
-        Each tensor is stored bit-packed (little-endian bit order) as uint8; shapes, the format
-        version and the sparsity go in the string metadata, along with ``metadata`` if given.
+        ``metadata`` (str to str) is stored in the file's header beside the shapes and format.
         """
-        meta = dict(metadata or {})
-        for key, value in meta.items():
-            if not (isinstance(key, str) and isinstance(value, str)):
-                raise ArgumentError(
-                    f"`metadata`: safetensors metadata maps str to str, found {key!r}: {value!r}"
-                )
-        packed = {n: _pack(t) for n, t in self._data.items()}
-        meta.update(
-            format=FORMAT,
-            format_version=FORMAT_VERSION,
-            sparsity=repr(self.sparsity),
-            shapes=json.dumps(self.shapes()),
-        )
-        _files.save_safetensors(packed, meta, path)
+        mask_file.save(self._data, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:
         """Read a mask written by :meth:`save`, validating the header before reading data."""
-        header, meta = _files.read_header(path)
-        _files.require_format(path, meta, FORMAT, {FORMAT_VERSION})
-        try:
-            shapes = json.loads(meta["shapes"])
-            shapes = {str(n): tuple(_dim(d) for d in s) for n, s in shapes.items()}
-        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
-            raise FileFormatError(f"{str(path)!r}: mask metadata has no valid 'shapes'") from e
-        if set(header) != set(shapes):
-            raise FileFormatError(
-                f"{str(path)!r}: tensors in the file do not match the shapes in its metadata"
-            )
-        for name, shape in shapes.items():
-            entry = header[name]
-            expected = [math.ceil(math.prod(shape) / 8)]
-            if entry["dtype"] != "U8" or entry["shape"] != expected:
-                raise FileFormatError(
-                    f"{str(path)!r}: tensor {name!r} should be U8 of shape {expected} for mask "
-                    f"shape {list(shape)}, found {entry['dtype']} {entry['shape']}"
-                )
-        packed = _files.load_tensors(path, list(shapes))
-        return cls({n: _unpack(packed[n], s) for n, s in shapes.items()})
+        return cls(mask_file.load(path))
 
     @staticmethod
     def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         """The string metadata of a mask file, without reading its tensors."""
-        return _files.read_header(path)[1]
-
-    # -- Hugging Face Hub (see vlticket.hub) --------------------------------------------------
-    def save_pretrained(self, save_directory: str | os.PathLike, **card_info: Any) -> os.PathLike:
-        """Write a ticket folder (mask, config, card); see :func:`vlticket.hub.save_pretrained`."""
-        from . import hub
-
-        return hub.save_pretrained(self, save_directory, **card_info)
-
-    def push_to_hub(self, repo_id: str, **kw: Any) -> str:
-        """Upload as a ticket repo in one commit; see :func:`vlticket.hub.push_to_hub`."""
-        from . import hub
-
-        return hub.push_to_hub(self, repo_id, **kw)
-
-    @classmethod
-    def from_pretrained(
-        cls, repo_id_or_dir: str | os.PathLike, revision: str | None = None, **kw: Any
-    ) -> Mask:
-        """Load from a ticket folder or Hub repo; see :func:`vlticket.hub.from_pretrained`."""
-        from . import hub
-
-        return hub.from_pretrained(repo_id_or_dir, revision=revision, **kw)
-
-
-def _prunable(weights: Weights, adapter: NameMap | None) -> dict[str, torch.Tensor]:
-    """The tensors a mask covers by default: the adapter's set, or 2-D+ float parameters."""
-    if adapter is None and isinstance(weights, nn.Module):
-        return default_prunable(weights)
-    return named_tensors(weights, adapter=adapter)
-
-
-def _dim(d: object) -> int:
-    if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-        raise ValueError(f"bad dimension {d!r}")
-    return d
-
-
-def _pack(t: torch.Tensor) -> torch.Tensor:
-    bits = t.detach().to("cpu").contiguous().numpy().reshape(-1)
-    return torch.from_numpy(np.packbits(bits, bitorder="little"))
-
-
-def _unpack(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    n = math.prod(shape)
-    bits = np.unpackbits(packed.numpy(), count=n, bitorder="little").view(np.bool_)
-    return torch.from_numpy(bits.reshape(shape))
+        return read_header(path)[1]
 
 
 __all__ = ["Mask"]

@@ -20,13 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._named import NameMap, model_state, named_tensors
-from ._passes import count_true
-from ._run_dir import INIT, REWIND, RunDir
-from .errors import ArgumentError, FileFormatError, VlticketError
-from .masks import Mask
-from .pruning import prune_magnitude
-from .rewind import Checkpoint
+from .._naming import AdapterArg, model_state, named_tensors
+from ..core import Checkpoint, Mask, prune_magnitude
+from ..errors import ArgumentError, FileFormatError, VlticketError
+from .run_dir import INIT, REWIND, RunDir
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +78,13 @@ class Round:
         self.metrics: dict[str, float] | None = None
         self.steps = 0
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Re-zero pruned weights after every ``optimizer.step()`` (call once per optimizer)."""
+    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keep pruned weights at zero through every ``optimizer.step()`` (once per optimizer),
+        as :meth:`vlticket.MaskHandle.add_optimizer` does."""
         if self._search._round is not self:
-            raise VlticketError(f"round {self.index} is over: attach to the running round")
+            raise VlticketError(
+                f"round {self.index} is over: add the optimizer to the running round"
+            )
         self._search._handle.add_optimizer(optimizer)
 
     def step(self) -> None:
@@ -125,7 +125,7 @@ class TicketSearch:
 
     For a bit-identical resume, make each round's training depend only on ``rnd.index``
     (e.g. ``torch.manual_seed(rnd.index)`` at its start). Optimizers recreated each round are
-    attached with ``rnd.attach(optimizer)``.
+    attached with ``rnd.add_optimizer(optimizer)``.
 
     Example:
 
@@ -134,7 +134,7 @@ class TicketSearch:
     for rnd in search:
         torch.manual_seed(rnd.index)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        rnd.attach(optimizer)
+        rnd.add_optimizer(optimizer)
         train(model, optimizer)
         rnd.report(accuracy=evaluate(model))
     ticket = search.mask  # sparsity 0.7
@@ -150,7 +150,7 @@ class TicketSearch:
         rewind_step: int = 0,
         one_shot: bool = False,
         run_dir: str | Path | None = None,
-        adapter: NameMap | None = None,
+        adapter: AdapterArg = None,
         progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -264,11 +264,11 @@ class TicketSearch:
             self._save_checkpoint(self._rewind, REWIND)
             logger.info("captured the rewind point θi at step %d", self._steps)
 
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Attach ``optimizer`` to the running round (same as ``rnd.attach(optimizer)``)."""
+    def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Add ``optimizer`` to the running round (same as ``rnd.add_optimizer(optimizer)``)."""
         if self._round is None or self._handle is None:
-            raise VlticketError("call `attach()` inside a round: `for rnd in search: ...`")
-        self._round.attach(optimizer)
+            raise VlticketError("call `add_optimizer()` inside a round: `for rnd in search: ...`")
+        self._round.add_optimizer(optimizer)
 
     def _start_weights(self, index: int) -> Checkpoint:
         if index == 0:
@@ -351,12 +351,12 @@ class TicketSearch:
         params = named_tensors(self.model, adapter=self.adapter)
         for name, keep in rnd.mask.items():
             pruned = ~keep.to(params[name].device)
-            revived = count_true(params[name].detach()[pruned] != 0)
+            revived = int(torch.count_nonzero(params[name].detach()[pruned]))
             if revived:
                 raise VlticketError(
                     f"round {rnd.index}: {revived} pruned weights of {name!r} are non-zero, so "
-                    "the reported metric is not the subnetwork's; attach every optimizer to each "
-                    "round with `rnd.attach(optimizer)`"
+                    "the reported metric is not the subnetwork's; add every optimizer to each "
+                    "round with `rnd.add_optimizer(optimizer)`"
                 )
 
     def __repr__(self) -> str:

@@ -17,17 +17,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .errors import ArgumentError
-
-if TYPE_CHECKING:
-    from .masks import Mask
-
+from ..errors import ArgumentError
 
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
@@ -122,7 +117,7 @@ class MaskHandle:
 
     def __init__(
         self,
-        mask: Mask,
+        mask: Mapping[str, torch.Tensor],
         params: Mapping[str, torch.Tensor],
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
-from . import _files
-from ._named import NameMap, Weights, check_layout, check_names, named_tensors
-from .errors import ArgumentError, FileFormatError
-from .masks import Mask
+from .. import _files
+from .._naming import AdapterArg, Weights, check_layout, check_names, named_tensors
+from ..errors import ArgumentError, FileFormatError
+from .mask import Mask
 
 FORMAT = "vlticket.checkpoint"
 FORMAT_VERSION = "1"
@@ -74,7 +74,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         module_or_weights: Weights,
         names: Iterable[str] | None = None,
         *,
-        adapter: NameMap | None = None,
+        adapter: AdapterArg = None,
     ) -> Checkpoint:
         """Copy the current weights to the CPU: θ0 before training, θi at a rewind step.
 
@@ -132,7 +132,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         module_or_weights: Weights,
         mask: Mask | None = None,
         *,
-        adapter: NameMap | None = None,
+        adapter: AdapterArg = None,
         strict: bool = False,
     ) -> None:
         """Copy the values back into the same parameter objects; with a mask, re-apply it.

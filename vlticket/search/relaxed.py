@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ArgumentError
+from ..errors import ArgumentError
 
 _TOL = 1e-12  # 0.99 * 0.8 is 0.7920000000000001 in floating point; 0.792 still qualifies
 

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from .errors import ArgumentError, NameMismatchError, ShapeMismatchError
+from .errors import ArgumentError, NameMismatchError, ShapeMismatchError, VlticketError
+from .registry import Naming, resolve
 
 Weights = Union[nn.Module, Mapping[str, torch.Tensor]]  # noqa: UP007 (runtime alias, py3.10)
-
-
-@runtime_checkable
-class NameMap(Protocol):
-    """What an adapter offers the core: the prunable tensors of a model under stable names."""
-
-    def prunable(self, model: nn.Module) -> Mapping[str, torch.Tensor]: ...
+AdapterArg = Union[Naming, str, None]  # noqa: UP007 (runtime alias, py3.10)
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -50,25 +45,11 @@ def default_prunable(module: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p for name, p in params if p.is_floating_point() and p.dim() >= 2}
 
 
-def resolve_adapter(adapter: Any) -> NameMap | None:
-    """An adapter object, or a registered adapter's name such as ``"vilt"``."""
-    if adapter is None or isinstance(adapter, NameMap):
-        return adapter
-    if isinstance(adapter, str):
-        from .adapters import get
-
-        return get(adapter)
-    raise ArgumentError(
-        f"`adapter`: expected an adapter (with a `prunable(model)` method) or a registered "
-        f"adapter name, found {type(adapter).__name__}"
-    )
-
-
 def named_tensors(
-    source: Any, *, adapter: NameMap | None = None, param: str = "weights"
+    source: Any, *, adapter: AdapterArg = None, param: str = "weights"
 ) -> dict[str, torch.Tensor]:
     """Named tensors of ``source``: an adapter's view, all module parameters, or a mapping."""
-    adapter = resolve_adapter(adapter)
+    adapter = resolve(adapter)
     if adapter is not None:
         if not isinstance(source, nn.Module):
             raise ArgumentError(
@@ -94,52 +75,76 @@ def named_tensors(
     )
 
 
-def _preview(names: Iterable[str], limit: int = 5) -> str:
+def prunable_tensors(
+    weights: Any, *, adapter: AdapterArg = None, param: str = "weights"
+) -> dict[str, torch.Tensor]:
+    """The tensors a mask covers by default: the adapter's prunable set, every floating-point
+    parameter with two or more dimensions of a module, or every tensor of a mapping."""
+    if adapter is None and isinstance(weights, nn.Module):
+        return default_prunable(weights)
+    return named_tensors(weights, adapter=adapter, param=param)
+
+
+def preview(names: Iterable[str], limit: int = 5) -> str:
     names = sorted(names)
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_names(
-    expected: Iterable[str], found: Iterable[str], *, what: str, where: str, exact: bool = True
+    expected: Iterable[str],
+    found: Iterable[str],
+    *,
+    what: str,
+    where: str,
+    exact: bool = True,
+    error: type[VlticketError] = NameMismatchError,
 ) -> None:
-    """Raise NameMismatchError unless ``found`` has every expected name (and no other if exact)."""
+    """Raise ``error`` unless ``found`` has every expected name (and no other if exact)."""
     expected, found = set(expected), set(found)
     missing = expected - found
     extra = found - expected if exact else set()
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing from {where}: {_preview(missing)}")
+            parts.append(f"missing from {where}: {preview(missing)}")
         if extra:
-            parts.append(f"not in {what}: {_preview(extra)}")
-        raise NameMismatchError(f"{what} and {where} do not match; " + "; ".join(parts))
+            parts.append(f"not in {what}: {preview(extra)}")
+        raise error(f"{what} and {where} do not match; " + "; ".join(parts))
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else tuple(value)
 
 
 def check_shapes(
-    expected: Mapping[str, torch.Size | tuple[int, ...]],
-    found: Mapping[str, torch.Tensor],
+    expected: Mapping[str, Any],
+    found: Mapping[str, Any],
     *,
     what: str,
     where: str,
+    error: type[VlticketError] = ShapeMismatchError,
 ) -> None:
-    """Raise ShapeMismatchError naming the first tensor whose shape differs."""
+    """Raise ``error`` naming the first tensor whose shape differs (tensors or shapes)."""
     for name, shape in expected.items():
-        got = tuple(found[name].shape)
-        if tuple(shape) != got:
-            raise ShapeMismatchError(
-                f"tensor {name!r}: {what} has shape {tuple(shape)}, {where} has shape {got}"
-            )
+        want, got = _shape(shape), _shape(found[name])
+        if want != got:
+            raise error(f"tensor {name!r}: {what} has shape {want}, {where} has shape {got}")
 
 
 def check_layout(
-    expected: Mapping[str, torch.Size | tuple[int, ...]],
-    found: Mapping[str, torch.Tensor],
+    expected: Mapping[str, Any],
+    found: Mapping[str, Any],
     *,
     what: str,
     where: str,
     exact: bool = True,
+    error: type[VlticketError] | None = None,
 ) -> None:
-    """Names then shapes: the check every in-place operation runs before touching anything."""
-    check_names(expected, found, what=what, where=where, exact=exact)
-    check_shapes(expected, found, what=what, where=where)
+    """Names then shapes: the one check every in-place operation and every loader runs before
+    touching anything. Values are tensors or shapes. ``error`` replaces the mismatch classes,
+    e.g. with ``FileFormatError`` where a difference means a corrupt file."""
+    check_names(
+        expected, found, what=what, where=where, exact=exact, error=error or NameMismatchError
+    )
+    check_shapes(expected, found, what=what, where=where, error=error or ShapeMismatchError)

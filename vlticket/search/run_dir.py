@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from . import _files
-from ._named import check_layout
-from .errors import ArgumentError, FileFormatError
-from .masks import Mask
-from .rewind import Checkpoint
+from .. import _files
+from .._naming import check_layout
+from ..core import Checkpoint, Mask
+from ..errors import ArgumentError, FileFormatError
 
 FORMAT = "vlticket.search"
 FORMAT_VERSION = "1"

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import ArgumentError
 from ._passes import (
     KeySpace,
     Piece,
@@ -37,7 +38,6 @@ from ._passes import (
     run_tasks,
     scan,
 )
-from .errors import ArgumentError
 
 _SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one
 _BLOCK = 16  # the sample reads runs of 16 neighbours: one cache line of float32
@@ -90,15 +90,12 @@ def keep_smallest_pruned(
     n_slots: int,
     space: KeySpace,
     reduce: Reduce = local_reduce,
-    *,
-    sample: int = _SAMPLE,
-    min_collect: int = _MIN_CAP,
 ) -> list[torch.Tensor]:
     """New keep-masks (bool, on each weight's device) pruning the ``k`` smallest eligible keys.
 
     ``k`` counts over all ranks; every rank must call this with the same ``k`` and ``n_slots``.
-    ``sample`` magnitudes bracket the k-th one; a pass collects at most
-    ``max(min_collect, eligible // 64)`` entries.
+    ``_SAMPLE`` keys bracket the k-th one; a pass collects at most
+    ``max(_MIN_CAP, eligible // 64)`` entries.
     """
     total = eligible_total(pieces, reduce)
     if k <= 0 or k >= total:
@@ -107,10 +104,10 @@ def keep_smallest_pruned(
 
     outs_t = [torch.empty(p.numel, dtype=torch.bool) for p in pieces]
     outs = [o.numpy() for o in outs_t]
-    cap = max(min_collect, total // 64)
+    cap = max(_MIN_CAP, total // 64)
     r = k - 1  # rank (0-based) of the last key pruned
     lo, hi, c_lo, c_hi = 0, space.inf - 1, 0, total
-    b_lo, b_hi = _sample_bracket(pieces, r, total, sample, space, reduce)
+    b_lo, b_hi = _sample_bracket(pieces, r, total, _SAMPLE, space, reduce)
     t = None
     while t is None:
         found, bad = scan(pieces, outs, b_lo, b_hi, cap, space)

@@ -1,0 +1,181 @@
+"""Magnitude, score and random pruning: pure functions from weights (and a current mask) to a
+new Mask.
+
+Counts are exact and ties deterministic (see :mod:`vlticket.core.selection`): ``amount=a``
+prunes ``round(a * kept)`` of the kept weights, ``sparsity=s`` leaves ``round(s * numel)``
+pruned; ``scope="tensor"`` applies the rule to each tensor on its own.
+
+The global threshold is found without concatenating the weights (see ``_select``): a sparse
+sample brackets the k-th smallest score, one chunked, multi-threaded pass writes the masks
+and collects the few scores inside the bracket, and only those are corrected. Extra memory
+is the output masks plus a few small buffers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .._naming import AdapterArg, Weights, check_layout, named_tensors
+from ..errors import ArgumentError, ShapeMismatchError
+from ._passes import count_true
+from .mask import Mask
+from .selection import TensorPart, check_request, check_scope, counts_to_prune, select, targets
+
+
+# -- public API -----------------------------------------------------------------------------
+def prune_magnitude(
+    weights: Weights,
+    *,
+    sparsity: float | None = None,
+    amount: float | None = None,
+    mask: Mask | None = None,
+    scope: str = "global",
+    largest: bool = False,
+    adapter: AdapterArg = None,
+) -> Mask:
+    """Prune the weights of lowest magnitude; return a new Mask over the same names.
+
+    Args:
+        weights: mapping of name to tensor, or an ``nn.Module`` (every floating-point parameter
+            with two or more dimensions, or ``adapter.prunable(module)``).
+        sparsity: target fraction pruned over all given weights, in [0, 1).
+        amount: fraction of the currently kept weights to prune now, in [0, 1).
+            Give exactly one of ``sparsity`` and ``amount``.
+        mask: the current mask; its pruned weights stay pruned. Default: all kept.
+        scope: ``"global"`` ranks all tensors together (the study's IMP); ``"tensor"`` prunes
+            each tensor on its own.
+        largest: prune the largest magnitudes instead (the high-magnitude baseline).
+        adapter: name the tensors through this adapter.
+
+    Example:
+        >>> import torch, vlticket
+        >>> m = vlticket.prune_magnitude({"w": torch.tensor([0.1, 0.9, -0.2, 0.5])}, sparsity=0.5)
+        >>> m["w"].tolist()
+        [False, True, False, True]
+    """
+    check_request(sparsity, amount, scope)
+    tensors, keeps = targets(weights, mask, adapter)
+    parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
+    return Mask(select(parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest))
+
+
+def prune_by_score(
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | None = None,
+    amount: float | None = None,
+    mask: Mask | None = None,
+    scope: str = "global",
+    largest: bool = False,
+) -> Mask:
+    """Prune the entries of lowest score; return a Mask over the scores' names.
+
+    The same exact selection as :func:`prune_magnitude`, for any salience: scores from
+    gradients (``|w * grad|``), from a saliency method, or magnitudes computed elsewhere.
+
+    Args:
+        scores: name -> non-negative, finite floating-point tensor (the weight's shape).
+        sparsity, amount, mask, scope, largest: as in :func:`prune_magnitude`.
+
+    Example:
+        >>> import torch, vlticket
+        >>> w, g = torch.tensor([0.1, 0.9, -0.2, 0.5]), torch.tensor([4.0, 0.1, 1.0, 1.0])
+        >>> vlticket.prune_by_score({"w": (w * g).abs()}, sparsity=0.5)["w"].tolist()
+        [True, False, False, True]
+    """
+    check_request(sparsity, amount, scope)
+    tensors, keeps = targets(named_tensors(scores, param="scores"), mask, None)
+    for name, t in tensors.items():
+        if (t < 0).any():
+            raise ArgumentError(
+                f"`scores[{name!r}]` holds negative values; scores rank by value and must be "
+                "non-negative (take `.abs()`, or shift them)"
+            )
+    parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
+    return Mask(select(parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest))
+
+
+def prune_random(
+    weights: Weights,
+    *,
+    sparsity: float | None = None,
+    amount: float | None = None,
+    mask: Mask | None = None,
+    scope: str = "global",
+    like: Mask | None = None,
+    seed: int | None = None,
+    adapter: AdapterArg = None,
+) -> Mask:
+    """Prune weights uniformly at random: the study's random-pruning baseline.
+
+    Arguments as in :func:`prune_magnitude`, plus:
+
+    Args:
+        like: reproduce this mask's kept count in every tensor (random pruning "matched per
+            tensor"); then give neither ``sparsity`` nor ``amount``.
+        seed: seed for NumPy's PCG64 generator; the same seed gives the same mask.
+
+    With ``scope="global"`` the pruned set is a uniformly random subset of the kept weights
+    (per-tensor counts follow the multivariate hypergeometric law).
+
+    Example:
+        >>> import torch, vlticket
+        >>> m = vlticket.prune_random({"w": torch.ones(10, 10)}, sparsity=0.3, seed=0)
+        >>> m.num_pruned
+        30
+    """
+    check_scope(scope)
+    tensors, keeps = targets(weights, mask, adapter)
+    names = list(tensors)
+    numel = [tensors[n].numel() for n in names]
+    kept = [count_true(keeps[n]) if n in keeps else tensors[n].numel() for n in names]
+    rng = np.random.default_rng(seed)
+
+    if like is not None:
+        if sparsity is not None or amount is not None:
+            raise ArgumentError("`like` sets the counts: give neither `sparsity` nor `amount`")
+        if not isinstance(like, Mask):
+            raise ArgumentError(f"`like`: expected a vlticket.Mask, found {type(like).__name__}")
+        check_layout(like.shapes(), tensors, what="`like`", where="`weights`")
+        counts = []
+        for n, e in zip(names, kept, strict=True):
+            target = count_true(like[n])
+            if target > e:
+                raise ShapeMismatchError(
+                    f"tensor {n!r}: `like` keeps {target} weights but only {e} are kept in `mask`"
+                )
+            counts.append(e - target)
+    else:
+        check_request(sparsity, amount, scope)
+        if scope == "tensor":
+            counts = counts_to_prune(
+                numel, kept, sparsity, amount, [f"tensor {n!r}" for n in names]
+            )
+        else:
+            (total,) = counts_to_prune([sum(numel)], [sum(kept)], sparsity, amount, ["`weights`"])
+            counts = _split_uniformly(rng, kept, total)
+
+    out = {}
+    for n, count in zip(names, counts, strict=True):
+        t = tensors[n]
+        keep = (
+            keeps[n].detach().to("cpu").reshape(-1).clone()
+            if n in keeps
+            else torch.ones(t.numel(), dtype=torch.bool)
+        )
+        if count:
+            eligible = keep.nonzero().reshape(-1) if n in keeps else None
+            chosen = torch.from_numpy(rng.choice(count_true(keep), count, replace=False))
+            keep[chosen if eligible is None else eligible[chosen]] = False
+        out[n] = keep.reshape(t.shape).to(t.device)
+    return Mask(out)
+
+
+def _split_uniformly(rng: np.random.Generator, kept: list[int], total: int) -> list[int]:
+    """Per-tensor counts of a uniformly random ``total``-subset of the pooled kept weights."""
+    if total == 0 or not kept:
+        return [0] * len(kept)
+    return [int(c) for c in rng.multivariate_hypergeometric(np.array(kept, dtype=np.int64), total)]
