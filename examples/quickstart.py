@@ -1,6 +1,6 @@
 """Quickstart: a lottery-ticket search (IMP, rewinding to θ0) around a plain training loop.
 
-A small MLP on a synthetic 4-class problem, on the CPU in a few seconds. It prints each round's
+A small MLP on a synthetic 4-class problem: about 10 seconds on a 2-core CPU. It prints each round's
 held-out accuracy, then the relaxed winning ticket and the random-pruning baseline at the same
 sparsity.
 """
