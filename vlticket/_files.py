@@ -163,6 +163,17 @@ def _swap_in(stage: Path, folder: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def being_swapped(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is missing only because a rename-aside swap is between its renames."""
+    folder = Path(folder)
+    try:
+        names = os.listdir(folder.parent)
+    except OSError:
+        return False
+    prefix = f".{folder.name}."
+    return any(n.startswith(prefix) and n.endswith(".old") for n in names)
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths atomically with Linux's renameat2; False where that is unavailable."""
     if not sys.platform.startswith("linux"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .. import _files
 from .._version import __version__
 from ..errors import ArgumentError, HubError
 
@@ -37,11 +39,23 @@ logger = logging.getLogger(__name__)
 
 def local_or_download(source: str | os.PathLike, files: list[str], **kwargs: Any) -> Path:
     """``source`` itself if it is a folder, else a snapshot of those ``files`` of the repo."""
-    if Path(source).is_dir():
+    if _is_folder(Path(source)):
         if kwargs.get("revision") is not None:
             logger.warning("`revision` is ignored for the local folder %s", source)
         return Path(source)
     return snapshot(str(source), files, **kwargs)
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder, waiting out a swap without RENAME_EXCHANGE, in which the
+    folder is briefly absent (see ``_files.staged_folder``)."""
+    for attempt in range(10):
+        if path.is_dir():
+            return True
+        if not _files.being_swapped(path) and not path.is_dir():
+            return False
+        time.sleep(0.01 * (attempt + 1))
+    return path.is_dir()
 
 
 def snapshot(repo_id: str, files: list[str], **kwargs: Any) -> Path:

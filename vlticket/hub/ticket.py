@@ -214,7 +214,7 @@ class Ticket:
 
 
 # -- a folder on disk ---------------------------------------------------------------------------
-_LOAD_TRIES = 5
+_LOAD_TRIES = 10
 
 
 def check_replaceable(folder: Path) -> None:
