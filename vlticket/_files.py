@@ -134,7 +134,9 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         _swap_in(stage, folder)
         stage = None
     except OSError as e:
-        raise write_error(folder, e) from e
+        raise OSError(
+            e.errno, f"cannot save {str(folder)!r}, left as it was: {e.strerror or e}"
+        ) from e
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
