@@ -1,18 +1,20 @@
 import json
 import pickle
+import socket
 import struct
 
 import pytest
 import torch
 from hub_server import TOKEN, hub  # noqa: F401  (pytest fixture)
 from huggingface_hub import ModelCard
-from huggingface_hub.utils import LocalEntryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError
 
 import vlticket
 from vlticket import (
     ArgumentError,
     Checkpoint,
     FileFormatError,
+    HubError,
     NameMismatchError,
     ShapeMismatchError,
     Ticket,
@@ -292,10 +294,47 @@ def test_revision_selects_the_branch(hub, mask):  # noqa: F811
     assert Ticket.from_pretrained("alice/t", revision=commit).mask == mask
 
 
-def test_wrong_token_is_an_http_error(hub, mask):  # noqa: F811
-    with pytest.raises(OSError, match="401"):
+def test_wrong_token_is_a_one_line_hub_error(hub, mask):  # noqa: F811
+    with pytest.raises(HubError, match="'alice/t': the token was refused \\(401") as info:
         Ticket(mask).push_to_hub("alice/t", token="hf_wrong")
+    assert "\n" not in str(info.value) and isinstance(info.value.__cause__, HfHubHTTPError)
     assert hub.commits_posted() == []
+
+
+def test_missing_repo_and_revision_are_hub_errors(hub, mask, tmp_path):  # noqa: F811
+    with pytest.raises(HubError, match="'alice/nope': repo not found.*token=") as info:
+        Ticket.from_pretrained("alice/nope")
+    assert "\n" not in str(info.value)
+    Ticket(mask).push_to_hub("alice/t")
+    with pytest.raises(HubError, match="revision 'v9' not found"):
+        Ticket.from_pretrained("alice/t", revision="v9")
+    with pytest.raises(HubError, match="repo not found"):
+        vhub.download_ticket("alice/nope", tmp_path / "pulled")
+    assert not (tmp_path / "pulled").exists()
+
+
+def _closed_port_url():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connections are refused
+    return f"http://127.0.0.1:{port}"
+
+
+def test_no_network_is_a_hub_error(hub, mask, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
+
+    url = _closed_port_url()
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    template = url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    with pytest.raises(HubError, match="cannot download 'alice/t': the Hub at .* cannot be"):
+        Ticket.from_pretrained("alice/t")
+    with pytest.raises(HubError, match="cannot push to 'alice/t': the Hub at .* cannot be"):
+        Ticket(mask).push_to_hub("alice/t")
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        Ticket(mask).push_to_hub("alice/t")
 
 
 def test_offline_mode_serves_from_cache(hub, mask, monkeypatch):  # noqa: F811
@@ -308,7 +347,7 @@ def test_offline_mode_serves_from_cache(hub, mask, monkeypatch):  # noqa: F811
     n = len(hub.requests)
     assert Ticket.from_pretrained("alice/t").mask == mask
     assert len(hub.requests) == n
-    with pytest.raises(LocalEntryNotFoundError):
+    with pytest.raises(HubError, match="not in the local cache and downloads are off"):
         Ticket.from_pretrained("alice/never-downloaded")
 
 

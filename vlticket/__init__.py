@@ -31,6 +31,7 @@ from .core import (
 from .errors import (
     ArgumentError,
     FileFormatError,
+    HubError,
     MismatchError,
     NameMismatchError,
     ShapeMismatchError,
@@ -44,6 +45,7 @@ __all__ = [
     "ArgumentError",
     "Checkpoint",
     "FileFormatError",
+    "HubError",
     "Mask",
     "MaskHandle",
     "MismatchError",

@@ -29,3 +29,9 @@ class ShapeMismatchError(MismatchError):
 
 class FileFormatError(VlticketError):
     """A file is truncated, foreign, hostile or of an unsupported version."""
+
+
+class HubError(VlticketError):
+    """A Hugging Face Hub request failed: no such repo or revision, no access, no network, or
+    offline mode with nothing cached. The message is one line saying what failed and how to fix
+    it; the huggingface_hub error is kept as ``__cause__``."""

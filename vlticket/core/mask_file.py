@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ._passes import count_true
 
 FORMAT = "vlticket.mask"
 FORMAT_VERSION = "1"
-MAX_DIMS = 64  # more dimensions than any tensor torch can hold: a hostile header
+MAX_DIMS = _files.MAX_DIMS
 
 
 def save(
@@ -48,43 +49,60 @@ def save(
     _files.save_safetensors({n: _pack(t) for n, t in tensors.items()}, meta, path)
 
 
-def read_shapes(path: str | os.PathLike) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """``(shapes, metadata)`` of a mask file, its header checked against its own metadata."""
-    header, meta = _files.read_header(path)
+def read_shapes(
+    path: str | os.PathLike, f: BinaryIO | None = None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """``(shapes, metadata)`` of a mask file, its header checked against its own metadata.
+
+    ``f``: the file already opened by ``_files.open_regular`` (then ``path`` only names it).
+    """
+    shapes, meta, _ = _read_checked(path, f)
+    return shapes, meta
+
+
+def load(path: str | os.PathLike, f: BinaryIO | None = None) -> dict[str, torch.Tensor]:
+    """The bool tensors of a mask file, after :func:`read_shapes` has validated it."""
+    if f is None:
+        with _files.open_regular(path) as f:
+            return load(path, f)
+    shapes, _, header = _read_checked(path, f)
+    packed = _files.load_tensors(path, list(shapes), f=f, header=header)
+    return {n: _unpack(packed[n], s) for n, s in shapes.items()}
+
+
+def _read_checked(
+    path: str | os.PathLike, f: BinaryIO | None
+) -> tuple[dict[str, tuple[int, ...]], dict[str, str], dict[str, dict[str, Any]]]:
+    header, meta = _files.read_header(path, f)
     _files.require_format(path, meta, FORMAT, {FORMAT_VERSION})
     try:
         shapes = json.loads(meta["shapes"])
-        shapes = {str(n): _shape(s) for n, s in shapes.items()}
+        if not isinstance(shapes, dict):
+            raise TypeError("'shapes' is not an object")
+        shapes = {n: _shape(s) for n, s in shapes.items()}
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
-        raise FileFormatError(f"{str(path)!r}: mask metadata has no valid 'shapes'") from e
+        raise FileFormatError(f"{str(path)!r}: mask metadata has no valid 'shapes' ({e})") from e
     if set(header) != set(shapes):
         raise FileFormatError(
             f"{str(path)!r}: tensors in the file do not match the shapes in its metadata"
         )
     for name, shape in shapes.items():
         entry = header[name]
-        expected = [math.ceil(math.prod(shape) / 8)]
+        expected = [-(-math.prod(shape) // 8)]  # integer ceil: a float would overflow on 1e400
         if entry["dtype"] != "U8" or entry["shape"] != expected:
             raise FileFormatError(
                 f"{str(path)!r}: tensor {name!r} should be U8 of shape {expected} for mask "
                 f"shape {list(shape)}, found {entry['dtype']} {entry['shape']}"
             )
-    return shapes, meta
-
-
-def load(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The bool tensors of a mask file, after :func:`read_shapes` has validated it."""
-    shapes, _ = read_shapes(path)
-    packed = _files.load_tensors(path, list(shapes))
-    return {n: _unpack(packed[n], s) for n, s in shapes.items()}
+    return shapes, meta, header
 
 
 def _shape(value: object) -> tuple[int, ...]:
     if not isinstance(value, list) or len(value) > MAX_DIMS:
-        raise ValueError(f"bad shape {value!r}")
+        raise ValueError(f"bad shape {str(value)[:80]}")
     for d in value:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:
-            raise ValueError(f"bad dimension {d!r}")
+            raise ValueError(f"bad dimension {str(d)[:80]}")
     return tuple(value)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from .. import _files
 from .._naming import AdapterArg, Weights, check_layout, check_names, named_tensors
-from ..errors import ArgumentError, FileFormatError
+from ..errors import ArgumentError, FileFormatError, VlticketError
 from .mask import Mask
 
 FORMAT = "vlticket.checkpoint"
@@ -188,14 +189,25 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         _files.save_safetensors({n: t.contiguous() for n, t in self._data.items()}, meta, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Checkpoint:
-        """Read a checkpoint written by :meth:`save` (safetensors only, header validated)."""
-        header, meta = _files.read_header(path)
+    def load(cls, path: str | os.PathLike, f: BinaryIO | None = None) -> Checkpoint:
+        """Read a checkpoint written by :meth:`save` (safetensors only, header validated).
+
+        Every malformed file is a FileFormatError. ``f``: the file already opened by
+        ``_files.open_regular`` (then ``path`` only names it).
+        """
+        if f is None:
+            with _files.open_regular(path) as f:
+                return cls.load(path, f)
+        header, meta = _files.read_header(path, f)
         _files.require_format(path, meta, FORMAT, {FORMAT_VERSION})
         try:
-            names = [str(n) for n in json.loads(meta["names"])]
-        except (KeyError, ValueError, TypeError) as e:
+            names = json.loads(meta["names"])
+        except (KeyError, ValueError, RecursionError) as e:
             raise FileFormatError(f"{str(path)!r}: checkpoint metadata has no valid 'names'") from e
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise FileFormatError(
+                f"{str(path)!r}: checkpoint metadata 'names' must be a list of tensor names"
+            )
         if set(names) != set(header) or len(names) != len(header):
             raise FileFormatError(f"{str(path)!r}: tensors do not match the names in the metadata")
         for name in names:
@@ -204,4 +216,8 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                     f"{str(path)!r}: tensor {name!r} has dtype {header[name]['dtype']}, "
                     f"expected one of {sorted(_SAFE_DTYPES)}"
                 )
-        return cls(_files.load_tensors(path, names), copy=False)
+        tensors = _files.load_tensors(path, names, f=f, header=header)
+        try:
+            return cls(tensors, copy=False)
+        except VlticketError as e:
+            raise FileFormatError(f"{str(path)!r}: {e}") from e

@@ -13,10 +13,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .._version import __version__
 from ..adapters import groups_for
@@ -307,11 +308,15 @@ def file_record(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": sha256(path)}
 
 
-def sha256(path: Path) -> str:
+def sha256(source: Path | BinaryIO) -> str:
+    """The SHA-256 of a file, given by path or as an open binary file (read from its start)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return sha256(f)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    source.seek(0)
+    for chunk in iter(lambda: source.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()
 
 

@@ -16,10 +16,12 @@ and safetensors are ever read, each checked against the config before any tensor
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from torch import nn
 
@@ -36,6 +38,7 @@ from .config import (
     CONFIG_FILE,
     MASK_FILE,
     MAX_CONFIG_BYTES,
+    TICKET_FILES,
     TicketConfig,
     file_record,
     sha256,
@@ -120,20 +123,24 @@ class Ticket:
         """
         return self._save(Path(save_directory))
 
-    def _save(self, folder: Path, repo_id: str = "") -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
+    def _save(self, folder: Path) -> Path:
+        check_replaceable(folder)
+        with _files.staged_folder(folder) as stage:
+            config = self._write(stage)
+        self.config, self.folder = config, folder
+        return folder
+
+    def _write(self, folder: Path, repo_id: str = "") -> TicketConfig:
+        """Write the ticket's files into the empty ``folder``; returns the config written."""
         self.mask.save(folder / MASK_FILE, metadata={"base_model": self.config.base_model or ""})
         files = {MASK_FILE: file_record(folder / MASK_FILE)}
         if self.checkpoint is not None:
             self.checkpoint.save(folder / CHECKPOINT_FILE)
             files[CHECKPOINT_FILE] = file_record(folder / CHECKPOINT_FILE)
-        else:  # a checkpoint left by an earlier save would no longer match the config
-            (folder / CHECKPOINT_FILE).unlink(missing_ok=True)
         config = replace(self.config, files=files)
         _files.atomic_write_bytes(folder / CONFIG_FILE, config.to_json().encode())
         _files.atomic_write_bytes(folder / CARD_FILE, model_card(config, repo_id).encode())
-        self.config, self.folder = config, folder
-        return folder
+        return config
 
     @classmethod
     def from_pretrained(
@@ -196,71 +203,150 @@ class Ticket:
         """
         remote.check_repo_id(repo_id)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Ticket(self.mask, checkpoint=self.checkpoint, config=self.config)._save(
+            Ticket(self.mask, checkpoint=self.checkpoint, config=self.config)._write(
                 Path(tmp), repo_id=repo_id
             )
             files = (CONFIG_FILE, CARD_FILE, MASK_FILE)
             files += (CHECKPOINT_FILE,) if self.checkpoint is not None else ()
             return remote.upload(
-                folder, repo_id, commit_message, private, token, revision, create_pr, files
+                Path(tmp), repo_id, commit_message, private, token, revision, create_pr, files
             )
 
 
-# -- reading a folder ---------------------------------------------------------------------------
+# -- a folder on disk ---------------------------------------------------------------------------
+_LOAD_TRIES = 10
+
+
+def check_replaceable(folder: Path) -> None:
+    """Refuse to save over anything but a missing or empty folder or a ticket folder.
+
+    A ticket folder holds ``vlticket_config.json`` and nothing but ticket files (and the
+    ``.cache`` folder huggingface_hub leaves in a downloaded folder), so a save never deletes a
+    file of the user's.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise ArgumentError(f"`save_directory`: {str(folder)!r} exists and is not a folder")
+    names = set(os.listdir(folder))
+    if not names:
+        return
+    others = sorted(names - set(TICKET_FILES) - {".cache", ".gitattributes"})
+    if CONFIG_FILE not in names or others:
+        found = f"other files: {others[:5]}" if others else f"no {CONFIG_FILE}"
+        raise ArgumentError(
+            f"`save_directory`: {str(folder)!r} is neither empty nor a ticket folder ({found}); "
+            "choose a new or empty folder, as saving replaces the folder whole"
+        )
+
+
 def load_folder(folder: Path, with_checkpoint: bool) -> Ticket:
-    """Read and check a ticket folder: config first, then each file against it."""
-    path = folder / CONFIG_FILE
+    """Read and check a ticket folder: config first, then each file against it.
+
+    A concurrent :meth:`Ticket.save_pretrained` swaps the folder whole; every file is read
+    through one open handle on the folder, and a load that fails because the folder was
+    swapped meanwhile is retried, so readers see the old ticket or the new one.
+    """
+    for attempt in range(_LOAD_TRIES):
+        try:
+            dir_fd = _open_dir(folder)
+        except OSError as e:
+            if attempt == _LOAD_TRIES - 1:
+                raise FileFormatError(
+                    f"cannot read the folder {str(folder)!r}: {e.strerror}"
+                ) from e
+            time.sleep(0.01 * (attempt + 1))  # a swap without RENAME_EXCHANGE is under way
+            continue
+        try:
+            return _load_once(folder, dir_fd, with_checkpoint)
+        except FileFormatError:
+            if attempt == _LOAD_TRIES - 1 or not _swapped(folder, dir_fd):
+                raise
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+    raise AssertionError("unreachable")
+
+
+def _open_dir(folder: Path) -> int | None:
+    if os.open not in os.supports_dir_fd:
+        return None
+    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _swapped(folder: Path, dir_fd: int | None) -> bool:
+    """Whether ``folder`` is no longer the folder ``dir_fd`` opened."""
+    if dir_fd is None:
+        return True  # no handle to compare: let the retry decide
     try:
-        data = _read_config_bytes(path)
-    except OSError as e:
-        raise FileFormatError(f"no ticket config at {str(path)!r}: {e.strerror}") from e
+        now = os.stat(folder)
+    except OSError:
+        return True
+    then = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+
+def _load_once(folder: Path, dir_fd: int | None, with_checkpoint: bool) -> Ticket:
+    path = folder / CONFIG_FILE
+    with _open(folder, dir_fd, CONFIG_FILE) as f:
+        data = _files.read_capped(f, MAX_CONFIG_BYTES, str(path))
     config = TicketConfig.from_json(data, str(path))
-    path = check_file(folder, MASK_FILE, config)
-    # The mask file's own header must agree with the config before anything is allocated.
-    shapes, _ = mask_file.read_shapes(path)
-    where = f"the mask file {str(path)!r}"
-    check_layout(config.fingerprint, shapes, what=CONFIG_FILE, where=where, error=FileFormatError)
-    mask = Mask.load(path)
+    path = folder / MASK_FILE
+    with _open_checked(folder, dir_fd, MASK_FILE, config) as f:
+        # The mask file's own header must agree with the config before anything is allocated.
+        shapes, _ = mask_file.read_shapes(path, f)
+        where = f"the mask file {str(path)!r}"
+        check_layout(
+            config.fingerprint, shapes, what=CONFIG_FILE, where=where, error=FileFormatError
+        )
+        mask = Mask(mask_file.load(path, f))
     ckpt = None
     if with_checkpoint and CHECKPOINT_FILE in config.files:
-        path = check_file(folder, CHECKPOINT_FILE, config)
-        header, _ = _files.read_header(path)
-        found = {n: tuple(e["shape"]) for n, e in header.items()}
-        where = f"the checkpoint file {str(path)!r}"
-        check_layout(
-            config.checkpoint or {}, found, what=CONFIG_FILE, where=where, error=FileFormatError
-        )
-        ckpt = Checkpoint.load(path)
+        path = folder / CHECKPOINT_FILE
+        with _open_checked(folder, dir_fd, CHECKPOINT_FILE, config) as f:
+            header, _ = _files.read_header(path, f)
+            found = {n: tuple(e["shape"]) for n, e in header.items()}
+            where = f"the checkpoint file {str(path)!r}"
+            check_layout(
+                config.checkpoint or {}, found, what=CONFIG_FILE, where=where, error=FileFormatError
+            )
+            ckpt = Checkpoint.load(path, f)
     ticket = Ticket(mask, checkpoint=ckpt, config=config)
     ticket.folder = folder
     return ticket
 
 
-def _read_config_bytes(path: Path) -> bytes:
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise FileFormatError(f"{str(path)!r} is {size} bytes, over {MAX_CONFIG_BYTES}")
-    return path.read_bytes()
+def _open(folder: Path, dir_fd: int | None, name: str) -> BinaryIO:
+    if dir_fd is None:
+        return _files.open_regular(folder / name)
+    return _files.open_regular(name, dir_fd=dir_fd, shown=str(folder / name))
 
 
-def check_file(folder: Path, name: str, config: TicketConfig) -> Path:
-    """The path of a ticket file whose size and SHA-256 match the config, checked before the
-    file is parsed at all."""
+def _open_checked(folder: Path, dir_fd: int | None, name: str, config: TicketConfig) -> BinaryIO:
+    """A ticket file, opened, whose size and SHA-256 match the config, checked before the file
+    is parsed at all; the caller parses this same open file."""
     path = folder / name
     record = config.files.get(name)
     if record is None:
         raise FileFormatError(f"{CONFIG_FILE} in {str(folder)!r} does not list {name!r}")
+    f = _open(folder, dir_fd, name)
     try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise FileFormatError(f"cannot read {str(path)!r}: {e.strerror}") from e
-    if size != record["size"]:
-        raise FileFormatError(
-            f"{str(path)!r} has {size} bytes, {CONFIG_FILE} says {record['size']}"
-        )
-    if sha256(path) != record["sha256"]:
-        raise FileFormatError(f"{str(path)!r} does not match the SHA-256 in {CONFIG_FILE}")
-    return path
+        size = os.fstat(f.fileno()).st_size
+        if size != record["size"]:
+            raise FileFormatError(
+                f"{str(path)!r} has {size} bytes, {CONFIG_FILE} says {record['size']}"
+            )
+        try:
+            digest = sha256(f)
+        except OSError as e:
+            raise FileFormatError(f"cannot read {str(path)!r}: {e.strerror or e}") from e
+        if digest != record["sha256"]:
+            raise FileFormatError(f"{str(path)!r} does not match the SHA-256 in {CONFIG_FILE}")
+        f.seek(0)
+        return f
+    except BaseException:
+        f.close()
+        raise
 
 
 # -- whole folders on the Hub ---------------------------------------------------------------------
@@ -294,14 +380,25 @@ def push_folder(
 def download_ticket(
     repo_id: str, local_dir: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
 ) -> Path:
-    """Download a ticket repo's files into ``local_dir`` and validate them; returns the folder.
+    """Download a ticket repo's files, validate them, then place them in ``local_dir`` whole.
 
-    ``kwargs`` are ``cache_dir``, ``force_download``, ``token``, ``local_files_only``.
+    The files are fetched into the huggingface_hub cache and checked there first; ``local_dir``
+    is written only with a valid ticket, swapped in as a whole like :meth:`Ticket.save_pretrained`
+    (so it must be missing, empty or a ticket folder). ``kwargs`` are ``cache_dir``,
+    ``force_download``, ``token``, ``local_files_only``.
 
     Example:
         >>> vlticket.hub.download_ticket("user/vilt-vqa", "./vilt-vqa")  # doctest: +SKIP
     """
+    folder = Path(local_dir)
+    check_replaceable(folder)
     files = [CONFIG_FILE, MASK_FILE, CARD_FILE, CHECKPOINT_FILE]
-    path = remote.snapshot(repo_id, files, revision=revision, local_dir=local_dir, **kwargs)
-    load_folder(path, with_checkpoint=True)
-    return path
+    source = remote.snapshot(repo_id, files, revision=revision, **kwargs)
+    ticket = load_folder(source, with_checkpoint=True)
+    wanted = [CONFIG_FILE, CARD_FILE, *ticket.config.files]
+    with _files.staged_folder(folder) as stage:
+        for name in wanted:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, stage / name)
+    load_folder(folder, with_checkpoint=True)  # what was placed is what was checked
+    return folder
