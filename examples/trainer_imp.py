@@ -53,7 +53,7 @@ def main(out_dir: str = "runs/trainer-imp") -> None:
     model = demo_model.build_model(len(data.vocab), len(data.answers))
     search = vlticket.TicketSearch(
         model,
-        sparsity=0.8,
+        sparsity=0.5,
         amount=0.5,
         run_dir=out_dir,
         adapter=vlticket.adapter_for(model),
@@ -62,7 +62,7 @@ def main(out_dir: str = "runs/trainer-imp") -> None:
     for rnd in search:
         args = TrainingArguments(
             output_dir=f"{out_dir}/trainer",
-            max_steps=60,
+            max_steps=100,
             learning_rate=1e-3,
             per_device_train_batch_size=32,
             gradient_accumulation_steps=2,
