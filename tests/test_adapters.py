@@ -26,10 +26,22 @@ def registry(monkeypatch):
 
 
 def test_builtin_adapters_are_registered():
-    assert adapters.available() == ["lxmert", "uniter", "vilt", "vilt-original"]
+    assert adapters.available() == [
+        "clip",
+        "clip-text",
+        "clip-vision",
+        "lxmert",
+        "siglip",
+        "siglip-text",
+        "siglip-vision",
+        "uniter",
+        "vilt",
+        "vilt-original",
+        "visualbert",
+    ]
     assert adapters.get("lxmert", pooler=True).options == frozenset({"pooler"})
-    with pytest.raises(vlticket.ArgumentError, match=r"no adapter named 'clip'.*'lxmert'"):
-        adapters.get("clip")
+    with pytest.raises(vlticket.ArgumentError, match=r"no adapter named 'blip'.*'lxmert'"):
+        adapters.get("blip")
     with pytest.raises(vlticket.ArgumentError, match="unknown option"):
         adapters.get("lxmert", heads=True)
 

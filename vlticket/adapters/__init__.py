@@ -2,7 +2,9 @@
 
 Built in: ``"lxmert"`` (transformers and original LXMERT, one set of names), ``"uniter"``
 (original UNITER), ``"vilt"`` (transformers) and ``"vilt-original"`` (timm-style original ViLT;
-convert masks and checkpoints with :func:`vilt.to_transformers` / :func:`vilt.to_original`).
+convert masks and checkpoints with :func:`vilt.to_transformers` / :func:`vilt.to_original`),
+``"visualbert"`` (transformers, single stream), ``"clip"`` and ``"siglip"`` (transformers dual
+encoders: text and vision streams; ``-text`` / ``-vision`` forms for the bare towers).
 Any other ``nn.Module`` works through :class:`PatternAdapter`; a family of your own is a table
 registered with :func:`register_adapter`. Importing this package registers the built-ins.
 """
@@ -10,14 +12,21 @@ registered with :func:`register_adapter`. Importing this package registers the b
 from __future__ import annotations
 
 from ..registry import AdapterLike, available, get, register_adapter
-from . import lxmert, uniter, vilt
+from . import clip, lxmert, uniter, vilt, visualbert
 from .base import Adapter, Part, TextLayers, UnknownModelError
 from .bert import bert_to_vl
 from .detect import adapter_for
 from .groups import groups_for
 from .patterns import PatternAdapter
 
-for _builtin in (lxmert.LXMERT, uniter.UNITER, vilt.VILT, vilt.VILT_ORIGINAL):
+for _builtin in (
+    lxmert.LXMERT,
+    uniter.UNITER,
+    vilt.VILT,
+    vilt.VILT_ORIGINAL,
+    visualbert.VISUALBERT,
+    *clip.ADAPTERS,
+):
     register_adapter(_builtin, replace=True)
 
 __all__ = [
@@ -30,10 +39,12 @@ __all__ = [
     "adapter_for",
     "available",
     "bert_to_vl",
+    "clip",
     "get",
     "groups_for",
     "lxmert",
     "register_adapter",
     "uniter",
     "vilt",
+    "visualbert",
 ]

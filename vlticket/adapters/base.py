@@ -151,6 +151,8 @@ class Adapter:
         name: registry name, e.g. ``"lxmert"``.
         prefix: regex of the wrapper/head prefixes stripped from model names.
         signature: regexes (on stripped names) that every model of this family and form has.
+        excludes: regexes (on stripped names) that no model of this family has: they tell apart
+            families whose layers share names (CLIP and SigLIP).
         parts: the table of canonical names, groups and options.
         rename: ``(regex, template)`` pairs mapping stripped names of this form to canonical
             names (``re.Match.expand`` templates); names matching none are kept as they are.
@@ -174,6 +176,7 @@ class Adapter:
     prefix: str
     signature: tuple[str, ...]
     parts: tuple[Part, ...]
+    excludes: tuple[str, ...] = ()
     rename: tuple[tuple[str, str], ...] = ()
     options: frozenset[str] = frozenset()
     description: str = ""
@@ -190,6 +193,7 @@ class Adapter:
             tuple(re.compile(s) for s in self.signature),
             tuple((re.compile(p), t) for p, t in self.rename),
             tuple((re.compile(p.pattern), p) for p in self.parts),
+            tuple(re.compile(e) for e in self.excludes),
         )
         object.__setattr__(self, "_compiled", compiled)
 
@@ -235,8 +239,11 @@ class Adapter:
         return canon
 
     def matches(self, names: Iterable[str]) -> bool:
-        """Whether these model names look like this family and form (every signature found)."""
+        """Whether these model names look like this family and form: every signature found,
+        no exclude."""
         rests = {self._split(n)[1] for n in names}
+        if any(e.fullmatch(r) for e in self._compiled[4] for r in rests):
+            return False
         return all(any(s.fullmatch(r) for r in rests) for s in self._compiled[1])
 
     def names(self, model_or_names: nn.Module | Mapping[str, Any] | Iterable[str]) -> dict:

@@ -1,0 +1,160 @@
+"""VisualBERT, CLIP and SigLIP adapters: detection, the documented prunable set, head variants.
+
+Tiny configs with random weights; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import vlticket  # noqa: E402
+from vlticket import adapters  # noqa: E402
+
+TEXT = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+)
+
+
+def visualbert(cls="VisualBertForQuestionAnswering"):
+    config = transformers.VisualBertConfig(**TEXT, visual_embedding_dim=16, num_labels=5)
+    return getattr(transformers, cls)(config)
+
+
+def clip(cls="CLIPModel"):
+    if cls.startswith("CLIPVision"):
+        return getattr(transformers, cls)(transformers.CLIPVisionConfig(**VISION))
+    if cls.startswith("CLIPText"):
+        return getattr(transformers, cls)(transformers.CLIPTextConfig(**TEXT))
+    return getattr(transformers, cls)(
+        transformers.CLIPConfig(text_config=TEXT, vision_config=VISION)
+    )
+
+
+def siglip(cls="SiglipModel"):
+    if cls == "SiglipVisionModel":
+        return transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**VISION))
+    if cls == "SiglipTextModel":
+        return transformers.SiglipTextModel(transformers.SiglipTextConfig(**TEXT))
+    return getattr(transformers, cls)(
+        transformers.SiglipConfig(text_config=TEXT, vision_config=VISION)
+    )
+
+
+# (model, family, prunable tensors = 6 or 4 per layer, per stream)
+CASES = [
+    (lambda: visualbert(), "visualbert", {"cross": 2 * 6}),
+    (lambda: visualbert("VisualBertForVisualReasoning"), "visualbert", {"cross": 2 * 6}),
+    (lambda: visualbert("VisualBertModel"), "visualbert", {"cross": 2 * 6}),
+    (lambda: clip(), "clip", {"language": 2 * 6, "vision": 3 * 6}),
+    (lambda: clip("CLIPTextModelWithProjection"), "clip", {"language": 2 * 6}),
+    (lambda: clip("CLIPVisionModelWithProjection"), "clip", {"vision": 3 * 6}),
+    (lambda: clip("CLIPForImageClassification"), "clip", {"vision": 3 * 6}),
+    (lambda: siglip(), "siglip", {"language": 2 * 6, "vision": 3 * 6}),
+    (lambda: siglip("SiglipVisionModel"), "siglip-vision", {"vision": 3 * 6}),
+    (lambda: clip("CLIPVisionModel"), "clip-vision", {"vision": 3 * 6}),
+    (lambda: clip("CLIPTextModel"), "clip-text", {"language": 2 * 6}),
+    (lambda: siglip("SiglipTextModel"), "siglip-text", {"language": 2 * 6}),
+    (lambda: siglip("SiglipForImageClassification"), "siglip", {"vision": 3 * 6}),
+]
+
+
+@pytest.mark.parametrize("build, family, streams", CASES)
+def test_detected_with_the_documented_prunable_set(build, family, streams):
+    model = build()
+    adapter = vlticket.adapter_for(model)
+    assert adapter.name == family
+    params = adapter.prunable(model)
+    groups = adapter.groups(list(params), by="stream")
+    assert {g: len(n) for g, n in groups.items()} == streams
+    assert all(p.dim() == 2 for p in params.values())  # weight matrices only, no head
+    assert not any("LayerNorm" in n or "layer_norm" in n or n.endswith("bias") for n in params)
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        (lambda: visualbert(), lambda: visualbert("VisualBertForVisualReasoning")),
+        (lambda: clip("CLIPVisionModelWithProjection"), lambda: clip("CLIPForImageClassification")),
+        (lambda: siglip("SiglipVisionModel"), lambda: siglip("SiglipForImageClassification")),
+        (lambda: clip("CLIPVisionModel"), lambda: clip("CLIPForImageClassification")),
+    ],
+)
+def test_a_ticket_moves_between_head_variants(source, target):
+    torch.manual_seed(0)
+    a, b = source(), target()
+    adapter = vlticket.adapter_for(a)
+    ticket = vlticket.prune_magnitude(a, sparsity=0.6, adapter=adapter)
+    theta0 = vlticket.Checkpoint.capture(a, adapter=adapter)
+    theta0.restore(b, ticket, adapter=vlticket.adapter_for(b))
+    moved = vlticket.adapter_for(b).prunable(b)
+    for name, keep in ticket.items():
+        assert torch.equal(moved[name], theta0[name] * keep)
+
+
+def test_the_vision_stream_of_a_clip_ticket_applies_to_a_vision_model():
+    adapter = adapters.get("clip")
+    ticket = vlticket.prune_magnitude(clip(), sparsity=0.5, adapter=adapter)
+    vision = adapter.groups(list(ticket), by="stream")["vision"]
+    sub = vlticket.Mask({n: ticket[n] for n in vision})
+    model = clip("CLIPForImageClassification")
+    sub.apply(model, adapter=adapter)
+    params = adapter.prunable(model)
+    assert all(not params[n][~k].any() for n, k in sub.items())
+
+
+def test_options_add_embeddings_projections_and_heads():
+    model = siglip()
+    base = adapters.get("siglip").prunable(model)
+    full = adapters.get("siglip", embeddings=True, visual_projection=True, pooler=True)
+    extra = sorted(set(full.prunable(model)) - set(base))
+    assert "vision_model.embeddings.patch_embedding.weight" in extra
+    assert "text_model.embeddings.token_embedding.weight" in extra
+    assert "vision_model.head.attention.in_proj_weight" in extra
+    assert "text_model.head.weight" in extra
+    clip_extra = set(adapters.get("clip", pooler=True).prunable(clip())) - set(
+        adapters.get("clip").prunable(clip())
+    )
+    assert clip_extra == {"text_projection.weight", "visual_projection.weight"}
+
+
+def test_bert_weights_onto_visualbert_language_layers():
+    bert = transformers.BertModel(transformers.BertConfig(**TEXT))
+    model = visualbert()
+    mapped = adapters.bert_to_vl(bert.state_dict(), model)
+    assert len(mapped) == 2 * 6
+    assert torch.equal(
+        mapped["encoder.layer.1.output.dense.weight"], bert.encoder.layer[1].output.dense.weight
+    )
+
+
+def test_the_older_families_are_still_told_apart():
+    names = {
+        "vilt": transformers.ViltModel(
+            transformers.ViltConfig(
+                hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+            )
+        ),
+        "lxmert": transformers.LxmertModel(
+            transformers.LxmertConfig(
+                hidden_size=32,
+                num_attention_heads=2,
+                intermediate_size=64,
+                l_layers=1,
+                x_layers=1,
+                r_layers=1,
+            )
+        ),
+    }
+    for family, model in names.items():
+        assert vlticket.adapter_for(model).name == family
