@@ -37,11 +37,11 @@ def bert_layer(h: int, i: int) -> nn.Module:
     )
 
 
-def bert_embeddings(vocab: int, h: int, positions: int = 512) -> nn.Module:
+def bert_embeddings(vocab: int, h: int, positions: int = 512, token_types: int = 2) -> nn.Module:
     return _box(
         word_embeddings=nn.Embedding(vocab, h),
         position_embeddings=nn.Embedding(positions, h),
-        token_type_embeddings=nn.Embedding(2, h),
+        token_type_embeddings=nn.Embedding(token_types, h),
         LayerNorm=nn.LayerNorm(h),
     )
 
@@ -52,11 +52,24 @@ def _vqa_mlp(h_in: int, h: int, n: int, norm_first: bool = False) -> nn.Sequenti
     return nn.Sequential(nn.Linear(h_in, 2 * h), *mid, nn.Linear(2 * h, n))
 
 
+class _PredictionHead(nn.Module):
+    """BERT's ``cls.predictions``: ``transform.{dense,LayerNorm}``, a decoder tied to the word
+    embeddings (``tied``) or its own, and an output ``bias``."""
+
+    def __init__(self, h: int, out: int, tied: nn.Parameter | None = None):
+        super().__init__()
+        self.transform = _dense_norm(h, h)
+        self.decoder = nn.Linear(h, out, bias=False)
+        if tied is not None:
+            self.decoder.weight = tied
+        self.bias = nn.Parameter(torch.zeros(out))
+
+
 # -- UNITER -----------------------------------------------------------------------------------
 class UniterModel(nn.Module):
-    def __init__(self, layers=2, h=16, i=32, img_dim=8, vocab=50):
+    def __init__(self, layers=2, h=16, i=32, img_dim=8, vocab=50, token_types=2):
         super().__init__()
-        self.embeddings = bert_embeddings(vocab, h)
+        self.embeddings = bert_embeddings(vocab, h, token_types=token_types)
         self.img_embeddings = _box(
             img_linear=nn.Linear(img_dim, h),
             img_layer_norm=nn.LayerNorm(h),
@@ -84,17 +97,28 @@ class UniterForImageTextRetrieval(nn.Module):
 
 
 class UniterForNlvr2Paired(nn.Module):
+    """model/nlvr2.py: one linear layer on the pair's two pooled outputs, and a third token
+    type (``init_type_embedding``) for the second image."""
+
     def __init__(self, layers: int = 2, h: int = 16, i: int = 32):
         super().__init__()
-        self.uniter = UniterModel(layers, h, i)
-        self.nlvr2_output = _vqa_mlp(2 * h, h, 2)
+        self.uniter = UniterModel(layers, h, i, token_types=3)
+        self.nlvr2_output = nn.Linear(2 * h, 2)
 
 
 class UniterForPretraining(nn.Module):
-    def __init__(self, layers: int = 2, h: int = 16, i: int = 32, vocab: int = 50):
+    """model/pretrain.py: MLM (tied decoder), MRFR (tied to ``img_linear``), MRC and ITM heads."""
+
+    def __init__(self, layers: int = 2, h: int = 16, i: int = 32, vocab: int = 50, labels=7):
         super().__init__()
         self.uniter = UniterModel(layers, h, i, vocab=vocab)
-        self.cls = _box(predictions=_box(transform=_dense_norm(h, h)))
+        words = self.uniter.embeddings.word_embeddings.weight
+        self.cls = _box(predictions=_PredictionHead(h, vocab, tied=words))
+        self.feat_regress = _box(net=nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h)))
+        self.feat_regress.bias = nn.Parameter(torch.zeros(8))  # its weight is img_linear's
+        self.region_classifier = _box(
+            net=nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.LayerNorm(h), nn.Linear(h, labels))
+        )
         self.itm_output = nn.Linear(h, 2)
 
 
@@ -130,23 +154,47 @@ class LXRTModel(nn.Module):
 
 
 class VQAModel(nn.Module):
-    """lxmert/src/tasks/vqa_model.py: ``lxrt_encoder.model.bert`` and ``logit_fc``."""
+    """lxmert/src/tasks/vqa_model.py: ``lxrt_encoder.model.bert`` and ``logit_fc``.
 
-    def __init__(self, answers: int = 5, **sizes: int):
+    ``multi_gpu=True`` is the original ``--multiGPU`` flag: ``LXRTEncoder.multi_gpu()`` wraps
+    ``lxrt_encoder.model`` in ``nn.DataParallel``, so names read ``lxrt_encoder.model.module.``.
+    """
+
+    def __init__(self, answers: int = 5, multi_gpu: bool = False, **sizes: int):
         super().__init__()
         h = sizes.get("h", 16)
         self.lxrt_encoder = _box(model=_box(bert=LXRTModel(**sizes)))
+        if multi_gpu:
+            self.lxrt_encoder.model = nn.DataParallel(self.lxrt_encoder.model)
         self.logit_fc = _vqa_mlp(h, h, answers)
 
 
 class LXRTPretraining(nn.Module):
-    """A pre-training model: the backbone under ``bert.``, heads beside it."""
+    """lxmert/src/lxrt/modeling.py ``LXRTPretraining``: the backbone under ``bert.``; MLM
+    (``cls.predictions``, decoder tied to the word embeddings) and matching
+    (``cls.seq_relationship``), object/attribute/feature prediction (``obj_predict_head``) and
+    QA (``answer_head``) heads beside it."""
 
-    def __init__(self, **sizes: int):
+    def __init__(self, answers: int = 5, objects: int = 6, attrs: int = 7, **sizes: int):
         super().__init__()
-        h = sizes.get("h", 16)
+        h, feat = sizes.get("h", 16), sizes.get("feat", 8)
         self.bert = LXRTModel(**sizes)
-        self.cls = _box(seq_relationship=nn.Linear(h, 2))
+        words = self.bert.embeddings.word_embeddings.weight
+        self.cls = _box(
+            predictions=_PredictionHead(h, words.shape[0], tied=words),
+            seq_relationship=nn.Linear(h, 2),
+        )
+        self.obj_predict_head = _box(
+            transform=_dense_norm(h, h),
+            decoder_dict=nn.ModuleDict(
+                {
+                    "obj": nn.Linear(h, objects),
+                    "attr": nn.Linear(h, attrs),
+                    "feat": nn.Linear(h, feat),
+                }
+            ),
+        )
+        self.answer_head = _box(logit_fc=_vqa_mlp(h, h, answers))
 
 
 # -- ViLT -------------------------------------------------------------------------------------
@@ -170,7 +218,8 @@ class VisionTransformer(nn.Module):
 
 
 class ViLTransformerSS(nn.Module):
-    """vilt/modules/vilt_module.py: heads are present for the tasks the config enables."""
+    """vilt/modules/vilt_module.py: heads are present for the tasks the config enables
+    (``vqa``, ``nlvr2``, ``itm``, ``mlm``, ``mpp``)."""
 
     def __init__(
         self,
@@ -186,7 +235,8 @@ class ViLTransformerSS(nn.Module):
     ):
         super().__init__()
         self.text_embeddings = bert_embeddings(vocab, h, positions)
-        self.token_type_embeddings = nn.Embedding(2, h)
+        # NLVR2 fine-tuning adds a third token type for the second image.
+        self.token_type_embeddings = nn.Embedding(3 if "nlvr2" in heads else 2, h)
         self.transformer = VisionTransformer(layers, h, i, patch, patches)
         self.pooler = _box(dense=nn.Linear(h, h))
         if "vqa" in heads:
@@ -196,3 +246,7 @@ class ViLTransformerSS(nn.Module):
         if "itm" in heads:
             self.itm_score = _box(fc=nn.Linear(h, 2))
             self.rank_output = nn.Linear(h, 1)
+        if "mlm" in heads:  # decoder not tied to the text embeddings in ViLT's MLMHead
+            self.mlm_score = _PredictionHead(h, vocab)
+        if "mpp" in heads:  # masked patch prediction: 256 bins for each of 3 colour channels
+            self.mpp_score = _box(transform=_dense_norm(h, h), decoder=nn.Linear(h, 256 * 3))

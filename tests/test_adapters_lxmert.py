@@ -157,3 +157,43 @@ def test_attach_with_adapter_keeps_pruned_weights_at_zero():
         opt.step()
     for name, p in ADAPTER.prunable(model).items():
         assert not p[~mask[name]].any()
+
+
+def test_multi_gpu_data_parallel_names_are_recognised_and_converted():
+    # The original --multiGPU flag wraps lxrt_encoder.model in nn.DataParallel.
+    model = VQAModel(answers=5, multi_gpu=True, **SIZES)
+    sd = model.state_dict()
+    assert "lxrt_encoder.model.module.bert.encoder.layer.0.output.dense.weight" in sd
+    assert adapters.adapter_for(model) is ADAPTER and adapters.adapter_for(sd) is ADAPTER
+    names = ADAPTER.names(sd)
+    assert names["encoder.layer.0.output.dense.weight"] == (
+        "lxrt_encoder.model.module.bert.encoder.layer.0.output.dense.weight"
+    )
+    assert set(names) == set(ADAPTER.names(VQAModel(answers=5, **SIZES)))
+    hf = build(LxmertForQuestionAnswering, 3)
+    hf.load_state_dict(lxmert.state_dict_to_transformers(sd), strict=True)
+    assert torch.equal(
+        hf.lxmert.encoder.layer[0].output.dense.weight,
+        model.lxrt_encoder.model.module.bert.encoder.layer[0].output.dense.weight,
+    )
+    mask = vlticket.prune_magnitude(model, sparsity=0.5, adapter=ADAPTER)
+    assert vlticket.prune_magnitude(hf, sparsity=0.5, adapter=ADAPTER) == mask
+
+
+def test_pretraining_heads_leave_the_prunable_set_alone_and_a_ticket_moves_to_vqa():
+    pretraining = LXRTPretraining(**SIZES)
+    sd = pretraining.state_dict()
+    for head in (
+        "cls.predictions.transform.dense.weight",
+        "obj_predict_head.decoder_dict.attr.weight",
+    ):
+        assert head in sd
+    assert "answer_head.logit_fc.3.weight" in sd
+    params = ADAPTER.prunable(pretraining)
+    assert set(params) == set(ADAPTER.prunable(VQAModel(**SIZES)))
+    assert set(params) == set(ADAPTER.prunable(build(LxmertForPreTraining)))
+    mask = vlticket.prune_magnitude(pretraining, sparsity=0.6, adapter=ADAPTER)
+    vqa = VQAModel(multi_gpu=True, **SIZES)
+    vlticket.Checkpoint.capture(pretraining, adapter=ADAPTER).restore(vqa, mask, adapter=ADAPTER)
+    q = vqa.lxrt_encoder.model.module.bert.encoder.x_layers[0].visual_attention.att.query.weight
+    assert torch.equal(q != 0, mask["encoder.x_layers.0.visual_attention.att.query.weight"])

@@ -75,10 +75,10 @@ def test_vqa_ticket_applies_to_retrieval_nlvr2_and_pretraining(dst_cls):
 def test_heads_are_never_masked_and_state_dict_keys_do_not_change():
     model = build(UniterForNlvr2Paired)
     keys = list(model.state_dict())
-    head = model.nlvr2_output[0].weight.clone()
+    head = model.nlvr2_output.weight.clone()
     mask = vlticket.prune_magnitude(model, sparsity=0.9, adapter=ADAPTER)
     mask.apply(model, adapter=ADAPTER)
-    assert torch.equal(model.nlvr2_output[0].weight, head)
+    assert torch.equal(model.nlvr2_output.weight, head)
     assert list(model.state_dict()) == keys
     assert model.uniter.encoder.layer[0].output.LayerNorm.weight.all()
 
@@ -87,3 +87,22 @@ def test_ticket_from_a_deeper_uniter_is_refused():
     mask = vlticket.Mask.ones(UniterModel(layers=L + 1, h=H, i=FF), adapter=ADAPTER)
     with pytest.raises(vlticket.NameMismatchError, match=f"encoder.layer.{L}"):
         mask.apply(build(UniterForVisualQuestionAnswering), adapter=ADAPTER)
+
+
+def test_heads_leave_the_prunable_set_alone():
+    sets = [set(ADAPTER.prunable(build(cls))) for cls in HEADS]
+    assert all(s == sets[0] for s in sets)
+    pretraining = build(UniterForPretraining)
+    names = {n for n, _ in pretraining.named_parameters()}
+    assert {"itm_output.weight", "cls.predictions.bias", "region_classifier.net.3.weight"} <= names
+    assert build(UniterForNlvr2Paired).nlvr2_output.weight.shape == (2, 2 * H)
+
+
+def test_nlvr2_third_token_type_blocks_only_an_embeddings_ticket():
+    vqa, nlvr2 = build(UniterForVisualQuestionAnswering, 0), build(UniterForNlvr2Paired, 1)
+    assert nlvr2.uniter.embeddings.token_type_embeddings.weight.shape == (3, H)
+    mask = vlticket.prune_magnitude(vqa, sparsity=0.5, adapter=ADAPTER)
+    mask.apply(nlvr2, adapter=ADAPTER)  # the layers move between the heads
+    full = adapters.get("uniter", embeddings=True)
+    with pytest.raises(vlticket.ShapeMismatchError, match="token_type_embeddings"):
+        vlticket.prune_magnitude(vqa, sparsity=0.5, adapter=full).apply(nlvr2, adapter=full)

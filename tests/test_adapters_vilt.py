@@ -173,3 +173,29 @@ def test_whole_state_dicts_convert_both_ways_with_heads_biases_and_norms():
     back = build(ViltForQuestionAnswering, 5)
     back.load_state_dict(vilt.state_dict_to_transformers(orig.state_dict()), strict=True)
     assert all(torch.equal(t, hf.state_dict()[n]) for n, t in back.state_dict().items())
+
+
+def test_original_heads_leave_the_prunable_set_alone_and_a_ticket_moves_between_them():
+    everything = original(1, heads=("vqa", "nlvr2", "itm", "mlm", "mpp"))
+    names = {n for n, _ in everything.named_parameters()}
+    assert {"mlm_score.bias", "mlm_score.decoder.weight", "mpp_score.decoder.weight"} <= names
+    assert everything.token_type_embeddings.weight.shape == (3, H)  # NLVR2's second image
+    assert set(ORIGINAL.prunable(everything)) == set(ORIGINAL.prunable(original()))
+    mask = vlticket.prune_magnitude(original(heads=("vqa",)), sparsity=0.5, adapter=ORIGINAL)
+    mask.apply(everything, adapter=ORIGINAL)
+    qkv = everything.transformer.blocks[0].attn.qkv.weight
+    assert torch.equal(qkv != 0, mask["encoder.layer.0.attention.attention.qkv.weight"])
+
+
+def test_groups_take_a_model_a_mask_or_names():
+    model = original()
+    mask = vlticket.Mask.ones(model, adapter=ORIGINAL)
+    by_model = ORIGINAL.groups(model, by="layer")
+    assert by_model == ORIGINAL.groups(mask, by="layer") == ORIGINAL.groups(list(mask), by="layer")
+    assert sorted(by_model) == ["cross.layer.0", "cross.layer.1"]
+    with pytest.raises(vlticket.ArgumentError, match="`names`"):
+        ORIGINAL.groups(3)
+    patterns = adapters.PatternAdapter(include=[r"transformer\.blocks\.\d+\..*\.weight"])
+    assert patterns.groups(model, by="layer") == patterns.groups(
+        patterns.prunable(model), by="layer"
+    )

@@ -9,7 +9,7 @@ import torch
 from hub_server import hub, hub_env  # noqa: F401  (pytest fixture)
 
 import vlticket
-from vlticket.cli import main
+from vlticket.cli import chance_iou_matrix, main
 
 
 @pytest.fixture
@@ -73,10 +73,57 @@ def test_iou_table(tickets, capsys):
     assert "IoU (all)" in out and "[2]" in out and "1.0000" in out
 
 
-def test_iou_plot_writes_a_png(tickets, tmp_path):
+def test_iou_plot_writes_a_png_with_a_panel_per_group_and_says_so(
+    tickets, tmp_path, monkeypatch, capsys
+):
+    from matplotlib.figure import Figure
+
+    saved = {}
+    original_savefig = Figure.savefig
+
+    def savefig(fig, path, **kw):
+        saved["titles"] = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        saved["texts"] = [t.get_text() for ax in fig.axes for t in ax.texts]
+        return original_savefig(fig, path, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
     png = tmp_path / "iou.png"
-    assert main(["iou", *tickets, "--plot", str(png)]) == 0
+    assert main(["iou", *tickets, "--plot", str(png), "--groups"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in capsys.readouterr().out
+    assert saved["titles"] == [f"IoU ({g})" for g in ("all", "emb", "fc1", "fc2", "head")]
+    assert len(saved["texts"]) == 5 * 3 * 3 and all("(" in t for t in saved["texts"])
+
+
+def _chance(d1, d2):
+    return d1 * d2 / (d1 + d2 - d1 * d2)
+
+
+def test_iou_shows_the_chance_level_of_random_masks_at_the_same_sparsities(tickets, capsys):
+    paths, masks = list(tickets), list(tickets.values())
+    assert main(["iou", *paths, "--json", "--groups"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    d = [m.density for m in masks]
+    assert out["chance"]["all"][0][1] == pytest.approx(_chance(d[0], d[1]))
+    assert out["chance"]["all"][2][2] == pytest.approx(_chance(d[2], d[2]))
+    fc1 = [vlticket.Mask({"fc1.weight": m["fc1.weight"]}).density for m in masks]
+    assert out["chance"]["fc1"][1][2] == pytest.approx(_chance(fc1[1], fc1[2]))
+    # a 50% magnitude ticket and a 50% random mask: chance is 1/3
+    assert out["chance"]["all"][0][2] == pytest.approx(1 / 3, abs=0.01)
+    assert main(["iou", *paths]) == 0
+    table = capsys.readouterr().out
+    assert "chance" in table
+    assert f"{out['iou']['all'][0][1]:.4f} ({_chance(d[0], d[1]):.4f})" in table
+
+
+def test_chance_iou_matches_random_masks():
+    # the formula against sampled independent masks (law of large numbers, 1e6 weights)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1_000_000, generator=g) < 0.3
+    b = torch.rand(1_000_000, generator=g) < 0.6
+    measured = vlticket.iou(vlticket.Mask({"w": a}), vlticket.Mask({"w": b}))
+    assert chance_iou_matrix([0.3, 0.6])[0][1] == pytest.approx(measured, abs=0.002)
+    assert chance_iou_matrix([0.0, 0.0]) == [[1.0, 1.0], [1.0, 1.0]]
 
 
 def test_iou_plot_without_matplotlib_says_which_extra(tickets, tmp_path, monkeypatch, capsys):
@@ -96,7 +143,7 @@ def test_iou_of_masks_for_different_models_fails_cleanly(tickets, tmp_path, caps
 @pytest.mark.parametrize(
     "argv, code, message",
     [
-        (["inspect", "no/such/dir/x"], 1, "neither an existing folder nor a Hub repo id"),
+        (["inspect", "no/such/dir/x"], 1, "no such folder or file"),
         (["inspect", "missing.safetensors"], 1, "cannot read"),
         (["iou", "one"], 2, "at least two"),
         (["inspect"], 2, "required"),
@@ -121,6 +168,11 @@ def test_corrupt_file_is_exit_1_without_traceback(tmp_path, capsys):
 def test_help_exits_0(capsys):
     assert main(["--help"]) == 0
     assert "inspect" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"vlticket {vlticket.__version__}\n"
 
 
 # -- demo wiring --------------------------------------------------------------------------------
@@ -160,7 +212,7 @@ def _vlticket(*argv: str, env: dict) -> subprocess.CompletedProcess:
 def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, capsys):  # noqa: F811
     path, mask = next(iter(tickets.items()))
     env = {**os.environ, **hub_env(hub, str(tmp_path / "hf_home_sub"))}
-    done = _vlticket("push", path, "alice/tiny", "--message", "first", env=env)
+    done = _vlticket("push", "alice/tiny", path, "--message", "first", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{hub.url}/alice/tiny/commit/")
     assert len(hub.commits_posted()) == 1
@@ -180,15 +232,99 @@ def test_push_in_a_subprocess_then_pull_and_inspect(hub, tickets, tmp_path, caps
 
 def test_push_a_mask_file_to_a_branch(hub, tickets, capsys):  # noqa: F811
     path, mask = list(tickets.items())[2]
-    assert main(["push", path, "alice/r", "--revision", "dev"]) == 0
+    assert main(["push", "alice/r", path, "--revision", "dev"]) == 0
     assert vlticket.Ticket.from_pretrained("alice/r", revision="dev").mask == mask
     assert "mask.safetensors" not in hub.files("alice/r", "main")
 
 
-def test_pull_of_a_missing_repo_is_exit_1(hub, tmp_path, capsys):  # noqa: F811
-    assert main(["pull", "alice/none", str(tmp_path / "x")]) == 1
+@pytest.mark.parametrize("argv", [["pull", "alice/none", "DIR"], ["inspect", "alice/none"]])
+def test_a_missing_repo_is_one_line_and_exit_1(hub, tmp_path, capsys, argv):  # noqa: F811
+    argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
+    assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "vlticket pull: error:" in err and "Traceback" not in err
+    assert err.startswith(f"vlticket {argv[0]}: error: alice/none: no such Hub repo")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv", [["pull", "alice/t", "DIR"], ["inspect", "alice/t"]])
+def test_no_network_is_one_line_and_exit_1(hub, tmp_path, capsys, monkeypatch, argv):  # noqa: F811
+    import socket
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"alice/t: cannot reach the Hub at {dead}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["inspect", "vilt-vqa-ticket"], "'vilt-vqa-ticket': no such folder or file"),
+        (["iou", "a-ticket", "another"], "'a-ticket': no such folder or file"),
+        (["pull", "vilt", "DIR"], "REPO_ID: expected a Hub repo id like 'user/name'"),
+    ],
+)
+def test_a_bare_name_asks_no_server(hub, tmp_path, capsys, argv, message):  # noqa: F811
+    argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+    assert hub.requests == []
+
+
+def test_pull_refuses_a_non_empty_folder_without_force_and_leaves_no_cache(
+    hub,  # noqa: F811
+    tickets,
+    tmp_path,
+    capsys,
+):
+    path, mask = next(iter(tickets.items()))
+    assert main(["push", "alice/t", path]) == 0
+    target = tmp_path / "pulled"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    (target / "checkpoint.safetensors").write_bytes(b"stale")  # from an older ticket
+    capsys.readouterr()
+    assert main(["pull", "alice/t", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--force" in err
+    assert sorted(p.name for p in target.iterdir()) == ["checkpoint.safetensors", "notes.txt"]
+    assert main(["pull", "alice/t", str(target), "--force"]) == 0
+    assert capsys.readouterr().out.strip() == str(target)
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["README.md", "mask.safetensors", "notes.txt", "vlticket_config.json"]
+    assert vlticket.Ticket.from_pretrained(target).mask == mask
+    assert not list(tmp_path.glob(".vlticket-pull-*"))  # the staging folder is gone
+    fresh = tmp_path / "fresh"
+    assert main(["pull", "alice/t", str(fresh)]) == 0
+    assert not (fresh / ".cache").exists()
+    assert sorted(p.name for p in fresh.iterdir()) == names[:2] + names[3:]
+
+
+def test_push_takes_repo_id_then_folder_and_swaps_the_old_order_with_a_note(
+    hub,  # noqa: F811
+    tickets,
+    capsys,
+):
+    path, mask = next(iter(tickets.items()))
+    assert main(["push", path, "alice/swapped"]) == 0
+    captured = capsys.readouterr()
+    assert "note: pushing" in captured.err and "REPO_ID DIR" in captured.err
+    assert captured.out.startswith(f"{hub.url}/alice/swapped/commit/")
+    assert vlticket.Ticket.from_pretrained("alice/swapped").mask == mask
+    capsys.readouterr()
+    assert main(["push", "alice/in-order", path]) == 0
+    assert "note" not in capsys.readouterr().err
 
 
 def test_a_closed_pipe_is_not_an_error(tickets):

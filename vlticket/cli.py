@@ -1,7 +1,8 @@
 """The ``vlticket`` command: inspect, compare, push and pull tickets, and run the demo.
 
 A PATH is a ticket folder (written by ``save_pretrained`` or ``vlticket pull``) or a
-``.safetensors`` mask file; anything else is taken as a Hub repo id.
+``.safetensors`` mask file; a Hub repo id (``user/name``) otherwise. A name that is neither is
+reported as "no such folder or file" without asking the Hub.
 
 Exit codes: 0 success; 1 expected failure (unreadable, hostile or mismatching file, Hub or
 network error), reported as one line on stderr without a traceback; 2 usage error.
@@ -14,18 +15,24 @@ import contextlib
 import importlib
 import json
 import logging
+import os
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub.utils import EntryNotFoundError, HFValidationError
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.utils import EntryNotFoundError, HFValidationError, validate_repo_id
 
 from . import demo
+from ._version import __version__
 from .adapters import groups_for
 from .core import Mask, group_stats, iou_matrix
 from .errors import ArgumentError, FileFormatError, VlticketError
-from .hub import Ticket, TicketConfig, download_ticket, push_folder
+from .hub import TICKET_FILES, Ticket, TicketConfig, download_ticket, push_folder
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -52,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except _expected_errors() as e:
-        print(f"vlticket {args.command}: error: {e}", file=sys.stderr)
+        print(f"vlticket {args.command}: error: {_one_line(e, args)}", file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -63,6 +70,7 @@ def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
         description="Inspect, compare, push and pull lottery-ticket masks.",
         epilog="Exit codes: 0 ok, 1 failure (message on stderr), 2 usage error.",
     )
+    parser.add_argument("--version", action="version", version=f"vlticket {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -80,21 +88,33 @@ def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "iou",
         help="IoU matrix between masks",
-        description="Intersection over union of the weights kept by each pair of masks.",
+        description=(
+            "Intersection over union of the weights kept by each pair of masks, next to the "
+            "chance level: the expected IoU of two independent random masks at the same "
+            "densities d1, d2, which is d1*d2 / (d1 + d2 - d1*d2)."
+        ),
     )
     p.add_argument("sources", metavar="PATH_OR_REPO", nargs="+", help="two or more masks")
     p.add_argument("--groups", action="store_true", help="also one matrix per group")
-    p.add_argument("--plot", metavar="FILE.png", help="save a heatmap (needs vlticket[plot])")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="save heatmaps, one panel per matrix (with --groups: per group); needs vlticket[plot]",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(run=_iou)
 
     p = sub.add_parser(
         "push",
         help="upload a ticket folder to the Hub",
-        description="Upload a ticket folder (or a .safetensors mask) to a Hub repo in one commit.",
+        description=(
+            "Upload a ticket folder (or a .safetensors mask) to a Hub repo in one commit. "
+            "Arguments in the order of `hf upload`: REPO_ID, then DIR (the reverse order is "
+            "recognised and swapped, with a note)."
+        ),
     )
-    p.add_argument("path", metavar="DIR", help="ticket folder or .safetensors mask file")
     p.add_argument("repo_id", metavar="REPO_ID", help="e.g. user/vilt-vqa-ticket")
+    p.add_argument("path", metavar="DIR", help="ticket folder or .safetensors mask file")
     p.add_argument("--revision", help="branch to commit to (created if missing)")
     p.add_argument("--message", default="Upload vlticket mask", help="commit message")
     p.add_argument("--private", action="store_true", help="create the repo as private")
@@ -105,12 +125,18 @@ def build_parser(with_demo: bool = False) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "pull",
         help="download a ticket repo into a folder",
-        description="Download a ticket repo's files into DIR and validate them.",
+        description=(
+            "Download a ticket repo's files into DIR and validate them. DIR must be new or "
+            "empty unless --force is given."
+        ),
     )
-    p.add_argument("repo_id", metavar="REPO_ID")
-    p.add_argument("path", metavar="DIR")
+    p.add_argument("repo_id", metavar="REPO_ID", help="e.g. user/vilt-vqa-ticket")
+    p.add_argument("path", metavar="DIR", help="folder to create (or an empty one)")
     p.add_argument("--revision", help="branch, tag or commit")
     p.add_argument("--token", help="Hub token (default: saved login or HF_TOKEN)")
+    p.add_argument(
+        "--force", action="store_true", help="replace the ticket files of a non-empty DIR"
+    )
     p.add_argument("--force-download", action="store_true", help="ignore the cache")
     p.set_defaults(run=_pull)
 
@@ -163,8 +189,22 @@ def _load(source: str, revision: str | None = None) -> tuple[Mask, TicketConfig 
         if path.suffix != ".safetensors":
             raise FileFormatError(f"{source!r}: expected a ticket folder or a .safetensors file")
         return Mask.load(path), None
+    if not path.is_dir():
+        _check_repo_id(source, "PATH_OR_REPO")
     ticket = Ticket.from_pretrained(source, revision=revision)
     return ticket.mask, ticket.config
+
+
+def _check_repo_id(name: str, param: str) -> None:
+    """Refuse, without a request, a name that cannot be a ticket repo (``user/name``)."""
+    valid = re.fullmatch(r"[^/]+/[^/]+", name) is not None
+    with contextlib.suppress(HFValidationError):
+        validate_repo_id(name)
+        if valid:
+            return
+    if param == "REPO_ID":
+        raise ArgumentError(f"REPO_ID: expected a Hub repo id like 'user/name', found {name!r}")
+    raise ArgumentError(f"{name!r}: no such folder or file (nor a Hub repo id like 'user/name')")
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -243,59 +283,102 @@ def _iou(args: argparse.Namespace) -> int:
         return _fail("iou: the same mask is given twice")
     loaded = [_load(s) for s in args.sources]
     masks = {s: m for s, (m, _) in zip(args.sources, loaded, strict=True)}
-    names, overall = iou_matrix(masks)
+    names, overall = iou_matrix(masks)  # checks that all masks have one layout
     matrices = {"all": overall}
+    chance = {"all": chance_iou_matrix([masks[k].density for k in names])}
     if args.groups:
         for group, members in _groups(masks[names[0]], loaded[0][1]).items():
             sub = {k: Mask({n: m[n] for n in members}) for k, m in masks.items()}
             matrices[group] = iou_matrix(sub)[1]
+            chance[group] = chance_iou_matrix([sub[k].density for k in names])
     if args.plot:
-        _plot(names, overall, args.plot)
+        _plot(names, matrices, chance, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        out = {"masks": names, "iou": {g: m.tolist() for g, m in matrices.items()}}
+        out = {
+            "masks": names,
+            "iou": {g: m.tolist() for g, m in matrices.items()},
+            "chance": chance,
+        }
         print(json.dumps(out, indent=2))
         return EXIT_OK
     labels = [f"[{i}]" for i in range(len(names))]
     for i, name in enumerate(names):
         print(f"{labels[i]} {name}")
+    print("\nchance: the IoU of two random masks at the same sparsities, in parentheses")
     for group, matrix in matrices.items():
         print(f"\nIoU ({group})")
-        rows = [[labels[i], *matrix[i].tolist()] for i in range(len(names))]
+        rows = [
+            [
+                labels[i],
+                *(f"{matrix[i, j]:.4f} ({chance[group][i][j]:.4f})" for j in range(len(names))),
+            ]
+            for i in range(len(names))
+        ]
         print(_table(["", *labels], rows))
     return EXIT_OK
 
 
-def _plot(names: list[str], matrix: Any, path: str) -> None:
+def chance_iou_matrix(densities: list[float]) -> list[list[float]]:
+    """Expected IoU of independent random masks with these densities, for each pair.
+
+    Independent masks keeping fractions ``d1``, ``d2`` of the weights share ``d1*d2`` and cover
+    ``d1 + d2 - d1*d2``, so chance IoU is ``d1*d2 / (d1 + d2 - d1*d2)`` (1 when both are empty,
+    as :func:`vlticket.iou` counts two empty masks).
+    """
+    out = []
+    for d1 in densities:
+        row = []
+        for d2 in densities:
+            union = d1 + d2 - d1 * d2
+            row.append(d1 * d2 / union if union > 0 else 1.0)
+        out.append(row)
+    return out
+
+
+def _plot(names: list[str], matrices: dict[str, Any], chance: dict[str, Any], path: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ArgumentError("--plot needs matplotlib: pip install 'vlticket[plot]'") from e
-    n = len(names)
-    fig = Figure(figsize=(1.2 * n + 2.5, 1.2 * n + 1.5))
-    ax = fig.add_subplot()
-    image = ax.imshow(matrix.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
+    n, panels = len(names), len(matrices)
+    columns = min(panels, 3)
+    rows = -(-panels // columns)
+    size = 1.3 * n + 2.5
+    fig = Figure(figsize=(size * columns + 2, size * rows), layout="constrained")
     labels = [Path(s).name or s for s in names]
-    ax.set_xticks(range(n), labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels)
-    for i in range(n):
-        for j in range(n):
-            value = float(matrix[i, j])
-            ax.text(
-                j,
-                i,
-                f"{value:.2f}",
-                ha="center",
-                va="center",
-                color="black" if value > 0.6 else "white",
-            )
-    fig.colorbar(image, ax=ax, label="IoU of kept weights")
-    ax.set_title("Mask similarity")
-    fig.tight_layout()
+    image = None
+    for k, (group, matrix) in enumerate(matrices.items()):
+        ax = fig.add_subplot(rows, columns, k + 1)
+        image = ax.imshow(matrix.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_xticks(range(n), labels, rotation=45, ha="right")
+        ax.set_yticks(range(n), labels if k % columns == 0 else [])  # labels once per row
+        for i in range(n):
+            for j in range(n):
+                value = float(matrix[i, j])
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.2f}\n({chance[group][i][j]:.2f})",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if value > 0.6 else "white",
+                )
+        ax.set_title(f"IoU ({group})")
+    fig.colorbar(image, ax=fig.axes, label="IoU of kept weights (chance in parentheses)")
     fig.savefig(path, dpi=120)
 
 
 # -- push / pull --------------------------------------------------------------------------------
 def _push(args: argparse.Namespace) -> int:
+    if Path(args.repo_id).exists() and not Path(args.path).exists():
+        args.repo_id, args.path = args.path, args.repo_id
+        print(
+            f"vlticket push: note: pushing {args.path!r} to {args.repo_id!r} (the order is "
+            "REPO_ID DIR, as in `hf upload`)",
+            file=sys.stderr,
+        )
     path = Path(args.path)
     options = dict(
         commit_message=args.message,
@@ -316,14 +399,34 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    folder = download_ticket(
-        args.repo_id,
-        args.path,
-        revision=args.revision,
-        token=args.token,
-        force_download=args.force_download,
-    )
-    print(folder)
+    """Download into a temporary sibling folder, then move only the ticket's files into DIR:
+    DIR never holds a half download or huggingface_hub's ``.cache/`` bookkeeping."""
+    _check_repo_id(args.repo_id, "REPO_ID")
+    target = Path(args.path)
+    if target.exists() and not target.is_dir():
+        raise ArgumentError(f"DIR: {args.path!r} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not args.force:
+        raise ArgumentError(
+            f"DIR: {args.path!r} is not empty; choose a new folder, or pass --force to replace "
+            "its ticket files"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vlticket-pull-", dir=target.parent) as staging:
+        folder = download_ticket(
+            args.repo_id,
+            staging,
+            revision=args.revision,
+            token=args.token,
+            force_download=args.force_download,
+        )
+        pulled = [f for f in Path(folder).iterdir() if f.is_file() and f.name in TICKET_FILES]
+        target.mkdir(exist_ok=True)
+        for name in TICKET_FILES:  # a stale file of an older ticket would not match its config
+            if not (Path(folder) / name).is_file():
+                (target / name).unlink(missing_ok=True)
+        for f in pulled:
+            os.replace(f, target / f.name)
+    print(target)
     return EXIT_OK
 
 
@@ -358,8 +461,47 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         OSError,
         EntryNotFoundError,
         HFValidationError,
+        hub_errors.HfHubHTTPError,
+        hub_errors.OfflineModeIsEnabled,
     ]
     for module in ("httpx2", "httpx"):  # huggingface_hub's HTTP client, by version
         with contextlib.suppress(ImportError):
             errors.append(importlib.import_module(module).HTTPError)
     return tuple(errors)
+
+
+def _one_line(error: BaseException, args: argparse.Namespace) -> str:
+    """The error as one line: what went wrong and what to do, for the Hub's errors too."""
+    if not isinstance(error, VlticketError):
+        hint = _hub_hint(error)
+        if hint is not None:
+            repo = getattr(args, "repo_id", None) or getattr(args, "source", None)
+            return f"{repo}: {hint}" if repo else hint
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _hub_hint(error: BaseException) -> str | None:
+    login = "log in with `hf auth login`, set HF_TOKEN or pass --token"
+    if isinstance(error, hub_errors.GatedRepoError):
+        return f"the Hub repo is gated: accept its terms on the Hub, then {login}"
+    if isinstance(error, hub_errors.RepositoryNotFoundError):
+        return f"no such Hub repo, or it is private and you are not authorised ({login})"
+    if isinstance(error, hub_errors.RevisionNotFoundError):
+        return "no such revision (branch, tag or commit) in the Hub repo"
+    if isinstance(error, hub_errors.HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            return f"the Hub refused access (HTTP {status}): {login}"
+        return f"the Hub answered HTTP {status}" if status else None
+    if isinstance(error, hub_errors.OfflineModeIsEnabled) or (
+        isinstance(error, hub_errors.LocalEntryNotFoundError) and not hub_constants.HF_HUB_OFFLINE
+    ):
+        return (
+            f"cannot reach the Hub at {hub_constants.ENDPOINT} and the files are not in the "
+            "cache; check the network (or HF_ENDPOINT), or use HF_HUB_OFFLINE=1 with a cached copy"
+        )
+    if isinstance(error, hub_errors.LocalEntryNotFoundError):
+        return "HF_HUB_OFFLINE=1 and the files are not in the cache; go online to download them"
+    if type(error).__module__.split(".")[0] in ("httpx", "httpx2"):
+        return f"cannot reach the Hub at {hub_constants.ENDPOINT}: {' '.join(str(error).split())}"
+    return None

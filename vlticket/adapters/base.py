@@ -131,7 +131,9 @@ class TextLayers:
     Args:
         layer: template of the family's language layer ``n``, e.g. ``"encoder.layer.{n}."``.
         rename: BERT's name inside a layer -> the family's name inside its language layer,
-            for the six weight matrices.
+            for the six weight matrices. BERT names mapped to one family name are stacked
+            along rows in ``rename``'s order (the original ViLT's fused ``qkv`` is query, key
+            and value).
         embeddings: prefix of the family's text embeddings, e.g. ``"embeddings."``.
     """
 
@@ -290,11 +292,14 @@ class Adapter:
         return prunable_by_names(self, model)
 
     # -- groups -----------------------------------------------------------------------------
-    def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
+    def groups(
+        self, names: nn.Module | Mapping[str, Any] | Iterable[str], by: str | None = None
+    ) -> dict[str, list[str]]:
         """Canonical names grouped for per-component sparsity and IoU.
 
         Args:
-            names: canonical names, e.g. ``list(mask)``.
+            names: a model (its canonical prunable names), a mask or other mapping (its keys),
+                or canonical names, e.g. ``list(mask)``.
             by: ``"stream"`` (language / vision / cross / pooler), ``"layer"`` (e.g.
                 ``language.layer.0`` or ``cross.layer.3``) or ``"component"`` (attention /
                 cross_attention / ffn / embeddings / projection / pooler). Each is a partition:
@@ -305,7 +310,7 @@ class Adapter:
             >>> g = vlticket.adapters.get("lxmert").groups(list(mask))     # doctest: +SKIP
             >>> vlticket.adapters.group_sparsity(mask, g)["vision"]         # doctest: +SKIP
         """
-        return grouped(names, by, self._group_of)
+        return grouped(group_names(self, names), by, self._group_of)
 
     def _group_of(self, name: str, by: str) -> str:
         found = self._part(name)
@@ -325,6 +330,21 @@ def grouped(names: Iterable[str], by: str | None, group_of) -> dict[str, list[st
         for name in names:
             out.setdefault(group_of(name, partition), {})[name] = None
     return {g: list(members) for g, members in out.items()}
+
+
+def group_names(adapter: AdapterLike, source: Any) -> list[str]:
+    """The names ``groups`` groups: a model's canonical prunable names, a mapping's keys, or
+    the names themselves."""
+    if isinstance(source, nn.Module):
+        return list(adapter.names(source))
+    if isinstance(source, Mapping):
+        return list(source.keys())
+    if isinstance(source, (str, bytes, torch.Tensor)) or not isinstance(source, Iterable):
+        raise ArgumentError(
+            "`names`: expected a model, a mask (or other mapping) or a list of names, "
+            f"found {type(source).__name__}"
+        )
+    return list(source)
 
 
 def prunable_by_names(adapter: AdapterLike, model: nn.Module) -> dict[str, nn.Parameter]:

@@ -3,11 +3,13 @@
 BERT layer ``N`` goes to the V+L model's language layer ``N`` (UNITER and ViLT: its ``N``-th
 single-stream layer; LXMERT: ``encoder.layer.N``, its language encoder) with the same shapes.
 Only weight matrices are mapped (plus the text embeddings on request): biases and layer norms
-stay the model's own, like every other weight outside the prunable set.
+stay the model's own, like every other weight outside the prunable set. The original ViLT
+fuses q/k/v into one tensor: BERT's query, key and value are stacked into it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 
@@ -20,10 +22,45 @@ from ..registry import registered
 from .base import Adapter
 from .detect import adapter_for
 
+logger = logging.getLogger(__name__)
+
 _BERT_NAME = re.compile(
-    r"(?:module\.)?(?:bert\.)?(?:encoder\.layer\.(?P<n>\d+)\.(?P<layer>.+)|embeddings\.(?P<emb>"
-    r"(?:word|position|token_type)_embeddings\.weight))"
+    r"(?:module\.)?(?:bert\.|distilbert\.)?(?:(?:encoder|transformer)\.layer\.(?P<n>\d+)\."
+    r"(?P<layer>.+)|embeddings\.(?P<emb>(?:word|position|token_type)_embeddings\.weight))"
 )
+# DistilBERT's names for BERT's six matrices (its layers are BERT layers under other names).
+_DISTILBERT = {
+    "attention.q_lin.weight": "attention.self.query.weight",
+    "attention.k_lin.weight": "attention.self.key.weight",
+    "attention.v_lin.weight": "attention.self.value.weight",
+    "attention.out_lin.weight": "attention.output.dense.weight",
+    "ffn.lin1.weight": "intermediate.dense.weight",
+    "ffn.lin2.weight": "output.dense.weight",
+}
+
+
+class BertWeights(dict):
+    """What :func:`bert_to_vl` returns: ``{canonical name: BERT tensor}``, and what it mapped.
+
+    Attributes:
+        layers: the BERT layers mapped (each onto the model's layer of the same index).
+        unused: BERT layers left out because the model has no such language layer.
+        left_out: the model's language layers that got no BERT layer (only with a model as
+            ``target``): they keep their own weights, e.g. from a smaller or distilled BERT.
+    """
+
+    layers: list[int]
+    unused: list[int]
+    left_out: list[int]
+
+    def summary(self) -> str:
+        """One line, e.g. ``mapped 2 BERT layers (0-1); left out layers 2-3 of the model``."""
+        text = f"mapped {len(self.layers)} BERT layers ({_spans(self.layers)})"
+        if self.unused:
+            text += f"; BERT layers {_spans(self.unused)} have no place in the model"
+        if self.left_out:
+            text += f"; left out layers {_spans(self.left_out)} of the model (own weights kept)"
+        return text
 
 
 def bert_to_vl(
@@ -31,21 +68,29 @@ def bert_to_vl(
     target: str | nn.Module,
     *,
     embeddings: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> BertWeights:
     """BERT's weight matrices under a V+L family's canonical names, for the θ0' baseline.
 
+    BERT (``bert.`` prefix or none) and DistilBERT (``distilbert.``) checkpoints are read; a
+    checkpoint with fewer layers than the model maps what exists. With the model as ``target``
+    the result says which of the model's layers were left out (:attr:`BertWeights.left_out`,
+    also logged as a warning): restore it with ``Checkpoint.restore(..., partial=True)``.
+
     Args:
-        bert_state_dict: a ``BertModel`` (or ``Bert*`` head, ``bert.`` prefix) state dict.
+        bert_state_dict: a ``BertModel`` (or ``Bert*`` head, ``bert.`` prefix) or
+            ``DistilBertModel`` state dict.
         target: a family whose adapter says where BERT's weights go (``"uniter"``,
-            ``"lxmert"``, ``"vilt"``); or the V+L model itself, which
+            ``"lxmert"``, ``"vilt"``, ``"vilt-original"``); or the V+L model itself, which
             also keeps only the layers the model has (LXMERT has fewer language layers than
             BERT has layers) and checks every shape.
         embeddings: also map the word, position and token-type embeddings.
 
     Example:
-        >>> theta0p = vlticket.Checkpoint(bert_to_vl(bert.state_dict(), model))  # doctest: +SKIP
-        >>> adapter = vlticket.adapters.adapter_for(model)         # doctest: +SKIP
-        >>> theta0p.restore(model, mask, adapter=adapter)           # doctest: +SKIP
+        >>> theta0p = bert_to_vl(bert.state_dict(), model)               # doctest: +SKIP
+        >>> theta0p.summary()                                            # doctest: +SKIP
+        'mapped 2 BERT layers (0-1); left out layers 2-3 of the model (own weights kept)'
+        >>> adapter = vlticket.adapters.adapter_for(model)               # doctest: +SKIP
+        >>> vlticket.Checkpoint(theta0p).restore(model, mask, adapter=adapter)  # doctest: +SKIP
     """
     model = None
     if isinstance(target, nn.Module):
@@ -56,30 +101,78 @@ def bert_to_vl(
         family = adapter.name if adapter is not None else target
         known = sorted(a.name for a in _with_text_layers())
         raise ArgumentError(f"`target`: BERT weights map onto {known}, found {family!r}")
-    layer, suffixes, emb_prefix = (
-        adapter.text_layers.layer,
-        adapter.text_layers.rename,
-        adapter.text_layers.embeddings,
-    )
-    out = {}
+    text = adapter.text_layers
+    pieces: dict[str, dict[str, torch.Tensor]] = {}  # target name -> {BERT name: tensor}
+    layer_of: dict[str, int] = {}
     for name, t in bert_state_dict.items():
         m = _BERT_NAME.fullmatch(name)
         if m is None:
             continue
-        if m["layer"] in suffixes:
-            out[layer.format(n=m["n"]) + suffixes[m["layer"]]] = t
+        inner = _DISTILBERT.get(m["layer"], m["layer"])
+        if inner in text.rename:
+            n = int(m["n"])
+            new = text.layer.format(n=n) + text.rename[inner]
+            pieces.setdefault(new, {})[inner] = t
+            layer_of[new] = n
         elif m["emb"] and embeddings:
-            out[emb_prefix + m["emb"]] = t
-    if not out:
+            pieces[text.embeddings + m["emb"]] = {m["emb"]: t}
+    if not pieces:
         raise NameMismatchError(
             "`bert_state_dict` has no BERT layer weights such as "
             "'encoder.layer.0.attention.self.query.weight' (with or without a 'bert.' prefix)"
         )
+    out = BertWeights(_stacked(pieces, text.rename))
+    out.layers, out.unused, out.left_out = sorted(set(layer_of.values())), [], []
     if model is not None:
         own = adapter.prunable(model)
-        out = {n: t for n, t in out.items() if n in own}
-        check_shapes({n: t.shape for n, t in out.items()}, own, what="BERT", where="the model")
+        kept = {n: t for n, t in out.items() if n in own}
+        check_shapes({n: t.shape for n, t in kept.items()}, own, what="BERT", where="the model")
+        mapped = {layer_of[n] for n in kept if n in layer_of}
+        out.unused = sorted(set(out.layers) - mapped)
+        out.layers = sorted(mapped)
+        out.left_out = sorted(_model_layers(own, text.layer) - mapped)
+        for name in set(out) - set(kept):
+            del out[name]
+        if out.left_out:
+            logger.warning("bert_to_vl: %s", out.summary())
+        else:
+            logger.info("bert_to_vl: %s", out.summary())
     return out
+
+
+def _stacked(pieces: dict[str, dict[str, torch.Tensor]], rename: Mapping[str, str]) -> dict:
+    """One tensor per target: BERT tensors sharing a target are stacked in ``rename`` order."""
+    out = {}
+    for target, found in pieces.items():
+        suffix = rename.get(next(iter(found)))  # None for embeddings
+        order = [b for b, t in rename.items() if t == suffix] if suffix else list(found)
+        if len(order) == 1:
+            out[target] = found[order[0]]
+            continue
+        missing = [b for b in order if b not in found]
+        if missing:
+            raise NameMismatchError(
+                f"{target!r} stacks BERT's {order}; `bert_state_dict` lacks {missing} there"
+            )
+        out[target] = torch.cat([found[b] for b in order])
+    return out
+
+
+def _model_layers(own: Mapping[str, torch.Tensor], template: str) -> set[int]:
+    """Indices of the model's layers that BERT layers map onto (its language layers)."""
+    head = re.escape(template).replace(r"\{n\}", r"(\d+)")
+    return {int(m[1]) for n in own if (m := re.match(head, n))}
+
+
+def _spans(indices: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``'0-2, 5'``."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
 
 
 def _with_text_layers() -> list[Adapter]:

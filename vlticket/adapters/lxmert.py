@@ -2,9 +2,10 @@
 
 Canonical names are the names inside the backbone (transformers' ``LxmertModel``, the original
 ``LXRTModel``), e.g. ``encoder.x_layers.0.visual_attention.att.query.weight``. The prefix
-``lxmert.`` (transformers heads), ``lxrt_encoder.model.bert.`` (original task models),
-``bert.`` (original pre-training checkpoints) or ``module.`` is stripped, so masks and
-checkpoints captured through this adapter move between all of them unchanged.
+``lxmert.`` (transformers heads), ``lxrt_encoder.model.bert.`` (original task models;
+``lxrt_encoder.model.module.bert.`` when fine-tuned with ``--multiGPU``, which wraps the encoder
+in ``nn.DataParallel``), ``bert.`` (original pre-training checkpoints) or ``module.`` is stripped,
+so masks and checkpoints captured through this adapter move between all of them unchanged.
 """
 
 from __future__ import annotations
@@ -83,9 +84,13 @@ def embedding_hooks(model: nn.Module) -> tuple[Embed, Forward]:
     return embed, forward
 
 
+# The original ``--multiGPU`` flag wraps ``lxrt_encoder.model`` in nn.DataParallel: ``module.``.
+_BACKBONE = r"(?:lxrt_encoder\.)?model\.(?:module\.)?bert\.|bert\."
+_PREFIX = rf"(?:module\.|_orig_mod\.)*(?:lxmert\.|{_BACKBONE})?"
+
 LXMERT = Adapter(
     name="lxmert",
-    prefix=r"(?:module\.|_orig_mod\.)*(?:lxmert\.|lxrt_encoder\.model\.bert\.|model\.bert\.|bert\.)?",
+    prefix=_PREFIX,
     signature=(r"encoder\.x_layers\.\d+\.visual_attention\.att\.query\.weight",),
     parts=PARTS,
     description="LXMERT: transformers Lxmert* and the original LXRT code (same canonical names)",
@@ -104,8 +109,9 @@ _ORIGINAL_HEADS = {"vqa": "lxrt_encoder.model.bert.", "pretraining": "bert."}
 def state_dict_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an original LXMERT state dict to transformers' names (tensors shared, not copied).
 
-    The backbone prefix becomes ``lxmert.`` and the original VQA head ``logit_fc.*`` becomes
-    ``answer_head.logit_fc.*`` (same layer indices); pre-training heads keep their names.
+    The backbone prefix (``lxrt_encoder.model.bert.``; ``lxrt_encoder.model.module.bert.`` from
+    ``--multiGPU`` runs; ``bert.``) becomes ``lxmert.`` and the original VQA head ``logit_fc.*``
+    becomes ``answer_head.logit_fc.*`` (same layer indices); pre-training heads keep their names.
 
     Example:
         >>> sd = lxmert.state_dict_to_transformers(original.state_dict())  # doctest: +SKIP
@@ -113,7 +119,8 @@ def state_dict_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[s
     """
     out = {}
     for name, t in state_dict.items():
-        new = re.sub(r"^(?:module\.)?(?:lxrt_encoder\.model\.bert\.|bert\.)", "lxmert.", name)
+        new = re.sub(r"^module\.", "", name)  # a DataParallel around the whole model
+        new = re.sub(rf"^(?:{_BACKBONE})", "lxmert.", new)
         new = re.sub(r"^logit_fc\.", "answer_head.logit_fc.", new)
         out[new] = t
     return out

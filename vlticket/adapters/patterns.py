@@ -11,7 +11,7 @@ from torch import nn
 
 from .._naming import preview
 from ..errors import ArgumentError, NameMismatchError
-from .base import UnknownModelError, grouped, model_names, prunable_by_names
+from .base import UnknownModelError, group_names, grouped, model_names, prunable_by_names
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,14 @@ class PatternAdapter:
             )
         return self
 
-    def groups(self, names: Iterable[str], by: str | None = None) -> dict[str, list[str]]:
-        """Groups by the first integer in the name (``layer.N``); other names go to ``other``."""
-        return grouped(names, by, _numbered_group)
+    def groups(
+        self, names: nn.Module | Mapping[str, Any] | Iterable[str], by: str | None = None
+    ) -> dict[str, list[str]]:
+        """Groups by the first integer in the name (``layer.N``); other names go to ``other``.
+
+        ``names``: a model (its canonical prunable names), a mask (its keys) or names.
+        """
+        return grouped(group_names(self, names), by, _numbered_group)
 
 
 def _numbered_group(name: str, by: str) -> str:

@@ -128,6 +128,18 @@ VILT_ORIGINAL = Adapter(
         ),
     ),
     description="ViLT original code base (timm `transformer.blocks.N.attn.qkv`, fused q/k/v)",
+    text_layers=TextLayers(  # BERT's query, key and value become the rows of the fused qkv
+        layer="encoder.layer.{n}.",
+        rename={
+            m: (
+                "attention.attention.qkv.weight"
+                if m.startswith("attention.self.")
+                else m.replace("attention.self.", "attention.attention.")
+            )
+            for m in BERT_MATRICES
+        },
+        embeddings="embeddings.text_embeddings.",
+    ),
 )
 
 _QKV = re.compile(r"(.*\.attention\.attention\.)qkv\.(weight|bias)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO
@@ -14,6 +15,8 @@ from .. import _files
 from .._naming import AdapterArg, Weights, check_layout, check_names, named_tensors
 from ..errors import ArgumentError, FileFormatError, VlticketError
 from .mask import Mask
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "vlticket.checkpoint"
 FORMAT_VERSION = "1"
@@ -135,7 +138,8 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         *,
         adapter: AdapterArg = None,
         strict: bool = False,
-    ) -> None:
+        partial: bool = False,
+    ) -> list[str] | None:
         """Copy the values back into the same parameter objects; with a mask, re-apply it.
 
         ``restore(model, mask)`` is the IMP rewind. Every name and shape is checked before
@@ -146,18 +150,38 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         set; to rewind every parameter (biases, layer norms, head) capture without an adapter and
         apply the canonical-name mask separately: ``theta0.restore(model);
         mask.apply(model, adapter=adapter)``.
+
+        Args:
+            partial: restore only the checkpoint's tensors the model has (e.g. θ0' from a BERT
+                with fewer layers than the model) instead of raising for the others. Shapes
+                are still checked first; on a mismatch nothing changes. Returns the names of
+                the model's tensors that were not restored (also logged), so what kept its own
+                values is never silent.
+
+        Example:
+            >>> import torch, vlticket
+            >>> theta = vlticket.Checkpoint({"0.weight": torch.zeros(2, 2), "9.w": torch.zeros(1)})
+            >>> theta.restore(torch.nn.Sequential(torch.nn.Linear(2, 2)), partial=True)
+            ['0.bias']
         """
+        if strict and partial:
+            raise ArgumentError("`strict` and `partial` exclude each other: choose one")
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
-        meta = [n for n in self._data if n in targets and targets[n].is_meta]
+        data = self._data
+        if partial:
+            data = {n: t for n, t in self._data.items() if n in targets}
+            skipped = [n for n in self._data if n not in targets]
+            if skipped:
+                logger.info("restore: %d checkpoint tensors not in the model", len(skipped))
+        meta = [n for n in data if n in targets and targets[n].is_meta]
         if meta:
             raise ArgumentError(
                 f"`module_or_weights`: {meta[0]!r} is on the meta device; materialise the model "
                 "(e.g. `model.to_empty(device='cpu')`) before restoring"
             )
         floating = {n: t for n, t in targets.items() if t.is_floating_point()}
-        check_layout(
-            self.shapes(), floating, what="the checkpoint", where="the model", exact=strict
-        )
+        shapes = {n: tuple(t.shape) for n, t in data.items()}
+        check_layout(shapes, floating, what="the checkpoint", where="the model", exact=strict)
         if mask is not None:
             if not isinstance(mask, Mask):
                 raise ArgumentError(
@@ -165,10 +189,21 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                 )
             check_layout(mask.shapes(), targets, what="`mask`", where="the model", exact=False)
         with torch.no_grad():
-            for name, value in self._data.items():
+            for name, value in data.items():
                 targets[name].copy_(value)
         if mask is not None:
             mask.apply({n: targets[n] for n in mask})
+        if not partial:
+            return None
+        kept_own = [n for n in floating if n not in data]
+        if kept_own:
+            logger.info(
+                "restore: restored %d tensors; %d model tensors kept their values: %s",
+                len(data),
+                len(kept_own),
+                kept_own if len(kept_own) <= 6 else [*kept_own[:6], "..."],
+            )
+        return kept_own
 
     def shuffled(self, seed: int | None = None) -> Checkpoint:
         """The θ0'' baseline: every tensor's values randomly permuted within that tensor."""
