@@ -9,7 +9,8 @@ import torch
 from hub_server import hub, hub_env  # noqa: F401  (pytest fixture)
 
 import vlticket
-from vlticket.cli import chance_iou_matrix, main
+from vlticket.cli import main
+from vlticket.core import chance_iou_matrix
 
 
 @pytest.fixture
@@ -242,7 +243,9 @@ def test_a_missing_repo_is_one_line_and_exit_1(hub, tmp_path, capsys, argv):  # 
     argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"vlticket {argv[0]}: error: alice/none: no such Hub repo")
+    assert err.startswith(
+        f"vlticket {argv[0]}: error: cannot download 'alice/none': repo not found"
+    )
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x").exists()
 
@@ -263,7 +266,7 @@ def test_no_network_is_one_line_and_exit_1(hub, tmp_path, capsys, monkeypatch, a
     argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert f"alice/t: cannot reach the Hub at {dead}" in err
+    assert f"cannot download 'alice/t': the Hub at {dead} cannot be reached" in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -23,14 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import constants as hub_constants
-from huggingface_hub import errors as hub_errors
-from huggingface_hub.utils import EntryNotFoundError, HFValidationError, validate_repo_id
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from . import demo
 from ._version import __version__
 from .adapters import groups_for
-from .core import Mask, group_stats, iou_matrix
+from .core import Mask, chance_iou_matrix, group_stats, iou_matrix
 from .errors import ArgumentError, FileFormatError, VlticketError
 from .hub import TICKET_FILES, Ticket, TicketConfig, download_ticket, push_folder
 
@@ -319,23 +316,6 @@ def _iou(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def chance_iou_matrix(densities: list[float]) -> list[list[float]]:
-    """Expected IoU of independent random masks with these densities, for each pair.
-
-    Independent masks keeping fractions ``d1``, ``d2`` of the weights share ``d1*d2`` and cover
-    ``d1 + d2 - d1*d2``, so chance IoU is ``d1*d2 / (d1 + d2 - d1*d2)`` (1 when both are empty,
-    as :func:`vlticket.iou` counts two empty masks).
-    """
-    out = []
-    for d1 in densities:
-        row = []
-        for d2 in densities:
-            union = d1 + d2 - d1 * d2
-            row.append(d1 * d2 / union if union > 0 else 1.0)
-        out.append(row)
-    return out
-
-
 def _plot(names: list[str], matrices: dict[str, Any], chance: dict[str, Any], path: str) -> None:
     try:
         from matplotlib.figure import Figure
@@ -455,53 +435,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures a user can cause and fix: reported without a traceback."""
-    errors: list[type[BaseException]] = [
-        VlticketError,
-        OSError,
-        EntryNotFoundError,
-        HFValidationError,
-        hub_errors.HfHubHTTPError,
-        hub_errors.OfflineModeIsEnabled,
-    ]
-    for module in ("httpx2", "httpx"):  # huggingface_hub's HTTP client, by version
-        with contextlib.suppress(ImportError):
-            errors.append(importlib.import_module(module).HTTPError)
-    return tuple(errors)
+    """Failures a user can cause and fix: reported as one line, without a traceback. The
+    library turns the Hub's errors into ``HubError`` (a ``VlticketError``) already."""
+    return (VlticketError, OSError)
 
 
 def _one_line(error: BaseException, args: argparse.Namespace) -> str:
-    """The error as one line: what went wrong and what to do, for the Hub's errors too."""
-    if not isinstance(error, VlticketError):
-        hint = _hub_hint(error)
-        if hint is not None:
-            repo = getattr(args, "repo_id", None) or getattr(args, "source", None)
-            return f"{repo}: {hint}" if repo else hint
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def _hub_hint(error: BaseException) -> str | None:
-    login = "log in with `hf auth login`, set HF_TOKEN or pass --token"
-    if isinstance(error, hub_errors.GatedRepoError):
-        return f"the Hub repo is gated: accept its terms on the Hub, then {login}"
-    if isinstance(error, hub_errors.RepositoryNotFoundError):
-        return f"no such Hub repo, or it is private and you are not authorised ({login})"
-    if isinstance(error, hub_errors.RevisionNotFoundError):
-        return "no such revision (branch, tag or commit) in the Hub repo"
-    if isinstance(error, hub_errors.HfHubHTTPError):
-        status = getattr(error.response, "status_code", None)
-        if status in (401, 403):
-            return f"the Hub refused access (HTTP {status}): {login}"
-        return f"the Hub answered HTTP {status}" if status else None
-    if isinstance(error, hub_errors.OfflineModeIsEnabled) or (
-        isinstance(error, hub_errors.LocalEntryNotFoundError) and not hub_constants.HF_HUB_OFFLINE
-    ):
-        return (
-            f"cannot reach the Hub at {hub_constants.ENDPOINT} and the files are not in the "
-            "cache; check the network (or HF_ENDPOINT), or use HF_HUB_OFFLINE=1 with a cached copy"
-        )
-    if isinstance(error, hub_errors.LocalEntryNotFoundError):
-        return "HF_HUB_OFFLINE=1 and the files are not in the cache; go online to download them"
-    if type(error).__module__.split(".")[0] in ("httpx", "httpx2"):
-        return f"cannot reach the Hub at {hub_constants.ENDPOINT}: {' '.join(str(error).split())}"
-    return None

@@ -7,6 +7,7 @@ Nothing here knows a model family; adapters name tensors through the small
 from .attach import MaskHandle
 from .mask import Mask
 from .metrics import (
+    chance_iou_matrix,
     group_iou,
     group_sparsity,
     group_stats,
@@ -22,6 +23,7 @@ __all__ = [
     "Checkpoint",
     "Mask",
     "MaskHandle",
+    "chance_iou_matrix",
     "group_iou",
     "group_sparsity",
     "group_stats",

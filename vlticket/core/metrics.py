@@ -101,6 +101,23 @@ def iou_matrix(masks: Mapping[str, Mask]) -> tuple[list[str], torch.Tensor]:
     return names, out
 
 
+def chance_iou_matrix(densities: list[float]) -> list[list[float]]:
+    """Expected IoU of independent random masks with these densities, for each pair.
+
+    Independent masks keeping fractions ``d1``, ``d2`` of the weights share ``d1*d2`` and cover
+    ``d1 + d2 - d1*d2``, so chance IoU is ``d1*d2 / (d1 + d2 - d1*d2)`` (1 when both are empty,
+    as :func:`vlticket.iou` counts two empty masks).
+    """
+    out = []
+    for d1 in densities:
+        row = []
+        for d2 in densities:
+            union = d1 + d2 - d1 * d2
+            row.append(d1 * d2 / union if union > 0 else 1.0)
+        out.append(row)
+    return out
+
+
 def _gram(masks: list[torch.Tensor]) -> np.ndarray:
     """``out[i, j] = |masks[i] ∩ masks[j]|`` for same-shape bool tensors."""
     if not hasattr(np, "bitwise_count"):  # NumPy < 2: count the pairs on bool arrays
