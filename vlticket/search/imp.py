@@ -251,7 +251,6 @@ class TicketSearch:
         self._rewind: Checkpoint | None = None
         self._handle = None
         self._round: Round | None = None
-        self._steps = 0
         self._began = 0.0
         self._release: weakref.finalize | None = None
         self._lock: tuple[Path, bytes] = (Path(), b"")
