@@ -256,6 +256,7 @@ def test_killed_process_resumes_bit_identical(tmp_path):
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "k.mask").exists()
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == proc.pid  # left by the kill
     history = json.loads((run_dir / "history.json").read_text())["rounds"]
     assert [r["round"] for r in history] == [0, 1, 2]
     resumed = subprocess.run(
@@ -266,6 +267,9 @@ def test_killed_process_resumes_bit_identical(tmp_path):
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert not (run_dir / ".lock").exists()  # taken over from the dead pid, released at the end
+    steps = [r["steps"] for r in json.loads((run_dir / "history.json").read_text())["rounds"]]
+    assert steps == [40] * len(steps)  # counted from the optimizer: the job never calls step()
     final = vlticket.Mask.load(tmp_path / "k.mask")
     expected = vlticket.Mask.load(tmp_path / "ref.mask")
     assert final == expected

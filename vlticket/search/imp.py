@@ -6,13 +6,16 @@ pruning step lands exactly on the target sparsity, and the last round trains the
 
 With a ``run_dir``, every finished round is on disk (masks, rewind checkpoint, history, all
 written atomically; the history is written last and marks the round finished), so a killed run
-started again with the same arguments continues from the last finished round.
+started again with the same arguments continues from the last finished round. One process at a
+time owns a run folder (see :mod:`.lock`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,13 @@ import torch
 from torch import nn
 
 from .._naming import AdapterArg, model_state, named_tensors
-from ..core import Checkpoint, Mask, prune_magnitude
+from ..adapters import groups_for
+from ..core import Checkpoint, Mask, group_sparsity, prune_magnitude
+from ..core.selection import check_scope
 from ..errors import ArgumentError, FileFormatError, VlticketError
+from ..hub import Ticket
+from ..registry import resolve
+from . import lock
 from .run_dir import INIT, REWIND, RunDir
 
 logger = logging.getLogger(__name__)
@@ -56,7 +64,19 @@ def _number(name: str, value: Any) -> float:
         raise ArgumentError(
             f"`report({name}=...)`: expected a number, found {type(value).__name__}"
         ) from None
+    if not math.isfinite(out):
+        raise ArgumentError(
+            f"`report({name}=...)`: expected a finite number, found {out}; a diverged round "
+            "cannot be recorded in the history"
+        )
     return out
+
+
+def _inner(optimizer: Any) -> torch.optim.Optimizer:
+    # Wrappers (accelerate's) step the optimizer they hold; its step is the one that happens.
+    while not hasattr(optimizer, "_optimizer_step_post_hooks") and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
 
 
 class Round:
@@ -67,6 +87,7 @@ class Round:
         mask: the mask trained in this round (attached to the model while the round runs).
         sparsity: ``mask.sparsity``.
         last: True for the final round (the ticket at the target sparsity).
+        steps: training steps taken so far in this round (see :class:`TicketSearch`).
     """
 
     def __init__(self, search: TicketSearch, index: int, mask: Mask, last: bool) -> None:
@@ -77,15 +98,42 @@ class Round:
         self.last = last
         self.metrics: dict[str, float] | None = None
         self.steps = 0
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._hooks: list[Any] = []
+        self._capture_due = False  # θi is due once every optimizer has taken step `rewind_step`
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Keep pruned weights at zero through every ``optimizer.step()`` (once per optimizer),
-        as :meth:`vlticket.MaskHandle.add_optimizer` does."""
+        """Keep pruned weights at zero through every ``optimizer.step()`` (as
+        :meth:`vlticket.MaskHandle.add_optimizer` does) and count this round's steps from it.
+
+        Adding the same optimizer again does nothing.
+        """
         if self._search._round is not self:
             raise VlticketError(
                 f"round {self.index} is over: add the optimizer to the running round"
             )
-        self._search._handle.add_optimizer(optimizer)
+        inner = _inner(optimizer)
+        if any(o is inner for o in self._optimizers):
+            return
+        self._search._handle.add_optimizer(optimizer)  # validates the optimizer first
+        self._optimizers.append(inner)
+        if len(self._optimizers) == 1:  # the first optimizer added is the one that counts
+            self._hooks.append(inner.register_step_pre_hook(self._before_step))
+            self._hooks.append(inner.register_step_post_hook(self._after_step))
+
+    def _before_step(self, *_: object) -> None:
+        # The other optimizers have taken their step too by now (one training step each).
+        if self._capture_due:
+            self._search._capture_rewind()
+
+    def _after_step(self, *_: object) -> None:
+        self.steps += 1
+        self._capture_due = self._search._rewind_due(self)
+
+    def _end(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     def step(self) -> None:
         """Same as :meth:`TicketSearch.step`."""
@@ -94,7 +142,9 @@ class Round:
     def report(self, **metrics: float) -> None:
         """Record this round's metrics, e.g. ``rnd.report(accuracy=0.71)``, and end the round.
 
-        The next mask is pruned from the weights as they are now, and the round is saved.
+        The next mask is pruned from the weights as they are now, and the round is saved. All
+        or nothing: if a metric is not a finite number, or a write fails (disk full), nothing
+        is recorded and ``report`` can be called again.
         """
         if self.metrics is not None:
             raise VlticketError(f"round {self.index} was already reported")
@@ -114,14 +164,24 @@ class TicketSearch:
         sparsity: target fraction of prunable weights pruned, in (0, 1).
         amount: fraction of the remaining weights pruned after each round (0.1 in the study).
         rewind_step: 0 rewinds to the weights at the start (θ0); ``i > 0`` rewinds to the
-            weights after ``i`` calls of :meth:`step` in round 0 (θi).
+            weights after ``i`` training steps of round 0 (θi).
         one_shot: prune straight to ``sparsity`` after the dense round (two rounds in all).
+        scope: ``"global"`` ranks all weights together, ``"tensor"`` prunes each tensor on its
+            own; as in :func:`~vlticket.prune_magnitude`.
         run_dir: folder holding the run; an existing run there is resumed. Must be started
             again with the same arguments, or an :class:`~vlticket.errors.ArgumentError` says
-            which one differs.
+            which one differs. One process at a time owns it (a ``.lock`` file): close the
+            search (``search.close()`` or ``with TicketSearch(...)``) to hand it over.
         adapter: name the prunable weights through this adapter (default: every
             floating-point parameter with two or more dimensions, as :meth:`Mask.ones`).
         progress: show a tqdm bar over rounds.
+
+    Steps: each optimizer added with ``rnd.add_optimizer(optimizer)`` is hooked, and the
+    round's ``steps`` (in the history) are the ``step()`` calls of the first optimizer added to
+    the round; θi is captured after step ``rewind_step`` of round 0, once every optimizer has
+    taken it. Loops without an optimizer to add count by hand with :meth:`step` (one call
+    after each optimizer step); once an optimizer is added, :meth:`step` counts nothing, so no
+    step is counted twice.
 
     For a bit-identical resume, make each round's training depend only on ``rnd.index``
     (e.g. ``torch.manual_seed(rnd.index)`` at its start). Optimizers recreated each round are
@@ -130,14 +190,14 @@ class TicketSearch:
     Example:
 
     ```python
-    search = vlticket.TicketSearch(model, sparsity=0.7, amount=0.1, run_dir="runs/vqa")
-    for rnd in search:
-        torch.manual_seed(rnd.index)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        rnd.add_optimizer(optimizer)
-        train(model, optimizer)
-        rnd.report(accuracy=evaluate(model))
-    ticket = search.mask  # sparsity 0.7
+    with vlticket.TicketSearch(model, sparsity=0.7, amount=0.1, run_dir="runs/vqa") as search:
+        for rnd in search:
+            torch.manual_seed(rnd.index)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            rnd.add_optimizer(optimizer)
+            train(model, optimizer)
+            rnd.report(accuracy=evaluate(model))
+    search.save_pretrained("vqa-ticket", task="vqa")  # the mask at sparsity 0.7
     ```
     """
 
@@ -149,6 +209,7 @@ class TicketSearch:
         amount: float = 0.1,
         rewind_step: int = 0,
         one_shot: bool = False,
+        scope: str = "global",
         run_dir: str | Path | None = None,
         adapter: AdapterArg = None,
         progress: bool = True,
@@ -164,6 +225,10 @@ class TicketSearch:
                 raise ArgumentError(f"`{name}`: expected a float in (0, 1), found {value!r}")
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or rewind_step < 0:
             raise ArgumentError(f"`rewind_step`: expected an int >= 0, found {rewind_step!r}")
+        for name, value in (("one_shot", one_shot), ("progress", progress)):
+            if not isinstance(value, bool):  # "no" is truthy: it would mean yes
+                raise ArgumentError(f"`{name}`: expected True or False, found {value!r}")
+        check_scope(scope)
         self.model = model
         self.adapter = adapter
         self.progress = progress
@@ -176,17 +241,19 @@ class TicketSearch:
             "sparsity": float(sparsity),
             "amount": float(amount),
             "rewind_step": rewind_step,
-            "one_shot": bool(one_shot),
+            "one_shot": one_shot,
+            "scope": scope,
         }
-        self.schedule = prune_schedule(numel, float(sparsity), float(amount), bool(one_shot))
+        self.schedule = prune_schedule(numel, float(sparsity), float(amount), one_shot)
         self.history: list[dict[str, Any]] = []
         self._masks: dict[int, Mask] = {}
         self._init: Checkpoint | None = None
         self._rewind: Checkpoint | None = None
         self._handle = None
         self._round: Round | None = None
-        self._steps = 0
         self._began = 0.0
+        self._release: weakref.finalize | None = None
+        self._lock: tuple[Path, bytes] = (Path(), b"")
         self._run = RunDir(self.run_dir) if self.run_dir is not None else None
         if self._run is not None:
             self._resume()
@@ -194,26 +261,48 @@ class TicketSearch:
     # -- the run folder -------------------------------------------------------------------------
     def _resume(self) -> None:
         run = self._run
-        run.open(self.args, self.schedule, self._ones)
-        self.history = run.history()
-        self._init = run.load_checkpoint(INIT)
-        if self.args["rewind_step"]:
-            self._rewind = run.load_checkpoint(REWIND)
+        token = lock.acquire(run.path)  # also the probe that the folder can be written
+        # Released by close(), when the search finishes, when it is collected, or at exit.
+        self._lock = (run.path, token)
+        self._release = weakref.finalize(self, lock.release, run.path, token)
+        try:
+            run.remove_partial_files()
+            run.open(self.args, self.schedule, self._ones)
+            self.history = run.history()
+            self._init = run.load_checkpoint(INIT)
+            if self.args["rewind_step"]:
+                self._rewind = run.load_checkpoint(REWIND)
+        except BaseException:
+            self.close()
+            raise
+        if self.finished:
+            self.close()
 
-    def _save_checkpoint(self, ckpt: Checkpoint, name: str) -> None:
-        if self._run is not None:
-            self._run.save_checkpoint(name, ckpt)
+    def close(self) -> None:
+        """Release the run folder (its ``.lock``) for another process; idempotent.
 
-    def _save_mask(self, index: int, mask: Mask) -> None:
-        if self._run is not None:
-            self._masks = {}  # on disk: keep one mask in memory, not one per round
-            self._run.save_mask(index, mask)
-        self._masks[index] = mask.to("cpu")  # without a run_dir, one byte per weight per round
+        A closed search that is not finished cannot run more rounds; start a new one on the
+        same ``run_dir`` to resume.
+        """
+        if self._release is not None:
+            self._release()
 
-    def _commit(self, entry: dict[str, Any]) -> None:
-        self.history.append(entry)
-        if self._run is not None:
-            self._run.write_history(self.history)
+    def __enter__(self) -> TicketSearch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        """Refuse to write once closed, or once a newer search in this process took the folder."""
+        if self._run is None or self.finished:
+            return
+        if self._release is None or not self._release.alive or not lock.holds(*self._lock):
+            raise VlticketError(
+                f"this search of {str(self.run_dir)!r} was closed, or another TicketSearch took "
+                "the folder over; iterate over the newest one (a new TicketSearch on the same "
+                "`run_dir` resumes it)"
+            )
 
     # -- results --------------------------------------------------------------------------------
     @property
@@ -252,17 +341,106 @@ class TicketSearch:
             raise VlticketError("no round has finished yet: iterate over the search first")
         return self.mask_at(len(self.history) - 1)
 
+    # -- sharing the ticket ---------------------------------------------------------------------
+    def ticket(self, *, checkpoint: bool = False, **info: Any) -> Ticket:
+        """The finished search as a :class:`~vlticket.hub.Ticket`, described from its run.
+
+        The config records ``method`` ("imp" or "one-shot"), ``amount``, ``rounds``,
+        ``rewind_step``, ``scope``, ``adapter`` and, when each round reported one metric,
+        ``metric``, ``score`` (the last round's) and ``dense_score`` (round 0's); ``info``
+        (``task``, ``base_model``, ``license``, ``seed`` ...) adds to it and wins over it.
+
+        Args:
+            checkpoint: share the rewind checkpoint (θ0 or θi) with the mask.
+            **info: ticket information, as :class:`~vlticket.hub.Ticket` takes.
+        """
+        if not self.finished:
+            raise VlticketError(
+                f"the search is not finished ({len(self.history)}/{len(self.schedule)} rounds): "
+                "a ticket is the mask of the last round"
+            )
+        one_shot = self.args["one_shot"]
+        described: dict[str, Any] = {
+            "method": "one-shot" if one_shot else "imp",
+            "rounds": len(self.history) - 1,
+            "rewind_step": self.args["rewind_step"],
+            "scope": self.args["scope"],
+        }
+        if not one_shot:
+            described["amount"] = self.args["amount"]
+        adapter = resolve(self.adapter)
+        if isinstance(adapter, str) or isinstance(getattr(adapter, "name", None), str):
+            described["adapter"] = adapter
+        names = {tuple(entry["metrics"]) for entry in self.history}
+        if len(names) == 1 and len(next(iter(names))) == 1:
+            ((metric,),) = names
+            described["metric"] = metric
+            described["score"] = self.history[-1]["metrics"][metric]
+            described["dense_score"] = self.history[0]["metrics"][metric]
+        ckpt = self.rewind_checkpoint if checkpoint else None
+        return Ticket(self.mask, checkpoint=ckpt, **{**described, **info})
+
+    def save_pretrained(
+        self, save_directory: str | Path, *, checkpoint: bool = False, **info: Any
+    ) -> Path:
+        """Write the ticket folder of the finished search (see :meth:`ticket`).
+
+        Example:
+            >>> search.save_pretrained("vqa-ticket", task="vqa", license="mit")  # doctest: +SKIP
+        """
+        return self.ticket(checkpoint=checkpoint, **info).save_pretrained(save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        checkpoint: bool = False,
+        commit_message: str = "Upload vlticket ticket",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **info: Any,
+    ) -> str:
+        """Upload the ticket of the finished search to ``repo_id`` in one commit; returns the
+        commit URL. Arguments as :meth:`ticket` and :meth:`vlticket.hub.Ticket.push_to_hub`.
+
+        Example:
+            >>> search.push_to_hub("me/vqa-ticket", task="vqa")  # doctest: +SKIP
+        """
+        return self.ticket(checkpoint=checkpoint, **info).push_to_hub(
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+        )
+
     # -- driving the loop -----------------------------------------------------------------------
     def step(self) -> None:
-        """Count one optimizer step; in round 0 this captures θi at step ``rewind_step``."""
-        if self._round is None:
+        """Count one training step by hand, for loops that add no optimizer to the round; in
+        round 0 this captures θi at step ``rewind_step``. Once an optimizer is added to the
+        round it counts the steps and this call does nothing."""
+        rnd = self._round
+        if rnd is None:
             raise VlticketError("call `step()` inside a round: `for rnd in search: ...`")
-        self._steps += 1
-        self._round.steps += 1
-        if self._round.index == 0 and self._steps == self.args["rewind_step"]:
-            self._rewind = Checkpoint.capture(model_state(self.model))
-            self._save_checkpoint(self._rewind, REWIND)
-            logger.info("captured the rewind point θi at step %d", self._steps)
+        if rnd._optimizers:
+            return
+        rnd.steps += 1
+        if self._rewind_due(rnd):
+            self._capture_rewind()
+
+    def _rewind_due(self, rnd: Round) -> bool:
+        return rnd.index == 0 and rnd.steps == self.args["rewind_step"]
+
+    def _capture_rewind(self) -> None:
+        ckpt = Checkpoint.capture(model_state(self.model))
+        self._save_checkpoint(ckpt, REWIND)
+        self._rewind = ckpt
+        if self._round is not None:
+            self._round._capture_due = False
+            logger.info("captured the rewind point θi at step %d", self._round.steps)
 
     def add_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Add ``optimizer`` to the running round (same as ``rnd.add_optimizer(optimizer)``)."""
@@ -270,11 +448,16 @@ class TicketSearch:
             raise VlticketError("call `add_optimizer()` inside a round: `for rnd in search: ...`")
         self._round.add_optimizer(optimizer)
 
+    def _save_checkpoint(self, ckpt: Checkpoint, name: str) -> None:
+        if self._run is not None:
+            self._run.save_checkpoint(name, ckpt)
+
     def _start_weights(self, index: int) -> Checkpoint:
         if index == 0:
             if self._init is None:
-                self._init = Checkpoint.capture(model_state(self.model))
-                self._save_checkpoint(self._init, INIT)
+                init = Checkpoint.capture(model_state(self.model))
+                self._save_checkpoint(init, INIT)
+                self._init = init
             return self._init
         ckpt = self.rewind_checkpoint
         if ckpt is None:
@@ -286,6 +469,7 @@ class TicketSearch:
     def __iter__(self) -> Iterator[Round]:
         from tqdm.auto import tqdm
 
+        self._check_open()
         total = len(self.schedule)
         start = len(self.history)
         if start:
@@ -298,11 +482,11 @@ class TicketSearch:
             bar.close()
 
     def _run_round(self, index: int, bar: Any) -> Iterator[Round]:
+        self._check_open()
         mask = self.mask_at(index)
         if index == 0 and self._run is not None and not self._run.mask_path(0).exists():
-            self._save_mask(0, mask)
+            self._run.save_mask(0, mask)
         self._start_weights(index).restore(model_state(self.model))
-        self._steps = 0
         self._handle = mask.attach(self.model, adapter=self.adapter)
         last = index == len(self.schedule) - 1
         rnd = self._round = Round(self, index, mask, last)
@@ -310,40 +494,73 @@ class TicketSearch:
         try:
             yield rnd
         finally:
+            rnd._end()
             self._handle.remove()
             self._handle, self._round = None, None
         if rnd.metrics is None:
             raise VlticketError(f"round {index} ended without `rnd.report(...)`")
         bar.update(1)
         bar.set_postfix({"sparsity": f"{mask.sparsity:.3f}", **rnd.metrics})
+        if self.finished:
+            self.close()
 
     def _finish(self, rnd: Round, metrics: dict[str, float]) -> None:
-        """End ``rnd``: prune the next mask from the trained weights, save, then commit."""
+        """End ``rnd``: prune the next mask, write it and then the history, and only then
+        change anything in memory, so a failed write leaves the search as it was."""
+        self._check_open()
         seconds = time.perf_counter() - self._began
         index, mask = rnd.index, rnd.mask
         self._check_still_pruned(rnd)
+        if rnd._capture_due:  # rewind_step was round 0's last step
+            self._capture_rewind()
         if index == 0 and self.args["rewind_step"] and self._rewind is None:
             raise VlticketError(
-                f"`rewind_step`={self.args['rewind_step']} but round 0 made only {rnd.steps} "
-                "`search.step()` calls; call it once per optimizer step"
+                f"`rewind_step`={self.args['rewind_step']} but round 0 took only {rnd.steps} "
+                "steps; add the optimizer with `rnd.add_optimizer(optimizer)`, or call "
+                "`search.step()` once per optimizer step"
             )
+        nxt = None
         if not rnd.last:
             count = self.schedule[index + 1]
             nxt = prune_magnitude(
-                self.model, sparsity=count / self._ones.numel, mask=mask, adapter=self.adapter
+                self.model,
+                sparsity=count / self._ones.numel,
+                mask=mask,
+                scope=self.args["scope"],
+                adapter=self.adapter,
             )
-            self._save_mask(index + 1, nxt)
-        self._commit(
-            {
-                "round": index,
-                "sparsity": mask.sparsity,
-                "kept": mask.num_kept,
-                "metrics": metrics,
-                "seconds": round(seconds, 3),
-                "steps": rnd.steps,
-            }
-        )
+        groups = self._group_sparsity(mask)
+        entry = {
+            "round": index,
+            "sparsity": mask.sparsity,
+            "kept": mask.num_kept,
+            "metrics": metrics,
+            "seconds": round(seconds, 3),
+            "steps": rnd.steps,
+            "groups": groups,
+        }
+        history = [*self.history, entry]
+        if self._run is not None:
+            if nxt is not None:  # a mask beyond the history is ignored until the history says so
+                self._run.save_mask(index + 1, nxt)
+            self._run.write_history(history)
+        # Committed: from here on nothing can fail.
+        self.history = history
+        if nxt is not None:
+            # With a run_dir the masks are on disk: keep one in memory, not one per round.
+            self._masks = {} if self._run is not None else self._masks
+            self._masks[index + 1] = nxt.to("cpu")
         logger.info("round %d: sparsity %.4f, %s", index, mask.sparsity, metrics)
+        logger.info("round %d: sparsity by group %s", index, groups)
+
+    def _group_sparsity(self, mask: Mask) -> dict[str, float]:
+        adapter = resolve(self.adapter)
+        groups = None
+        if callable(getattr(adapter, "groups", None)):
+            groups = adapter.groups(list(mask), by="stream")
+        if not groups:
+            groups = groups_for(list(mask))
+        return group_sparsity(mask, groups)
 
     def _check_still_pruned(self, rnd: Round) -> None:
         # An optimizer that was not attached to this round (e.g. made before the loop) revives
