@@ -1,10 +1,11 @@
 """IMP around a Hugging Face Trainer: a tiny ViltForQuestionAnswering on the demo's easy-vqa data.
 
-python examples/trainer_imp.py [OUT_DIR]   (needs `pip install -e ".[demo]"`; a few minutes on a
-2-core CPU). From random weights (no pre-training, unlike `vlticket demo`) the accuracies say
-little; the point is the wiring. One Trainer per round; `TicketCallback` adds the optimizer the Trainer creates to
-the running round, so pruned weights stay exactly zero under its warm-up schedule, gradient
-accumulation and clipping. Killed, the same command resumes from the last finished round.
+python examples/trainer_imp.py [OUT_DIR]   (needs `pip install -e ".[demo]"`; a few minutes
+on a 2-core CPU). From random weights (no pre-training, unlike `vlticket demo`) the accuracies
+say little; the point is the wiring. One Trainer per round; `TicketCallback` adds the optimizer
+the Trainer creates to the running round, so pruned weights stay exactly zero under its warm-up
+schedule, gradient accumulation and clipping. Killed, the same command resumes from the last
+finished round.
 """
 
 from __future__ import annotations
