@@ -1,9 +1,10 @@
 """The study in miniature: pre-train θ0, find each task's ticket, run the baselines, compare.
 
 A small ViLT (hidden 64, 2 layers) is pre-trained briefly on easy-vqa (θ0), then IMP finds a
-ticket on each of two colour tasks; the ticket is compared with random pruning and with the
-ticket on shuffled weights θ0'' at the same sparsity, the two tasks' masks are compared (IoU)
-and task A's ticket is re-trained on task B. Every number printed comes from the run.
+ticket on each of two colour tasks; the ticket is compared with random pruning (global, and
+matched tensor by tensor) and with the ticket on shuffled weights θ0'' at the same sparsity, the
+two tasks' masks are compared (IoU) and task A's ticket is re-trained on task B. Every number
+printed comes from the run.
 """
 
 from __future__ import annotations
