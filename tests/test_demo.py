@@ -17,13 +17,14 @@ import vlticket
 from vlticket.cli import main
 from vlticket.demo import data as _demo_data
 from vlticket.demo import model as _demo_model
+from vlticket.demo import options as _demo_options
 from vlticket.demo import report as _demo_report
 from vlticket.demo import study as demo
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    demo.configure_parser(parser)
+    _demo_options.configure_parser(parser)
     return parser.parse_args(list(argv))
 
 
@@ -63,7 +64,7 @@ def _strict(text: str):
 def test_tiny_demo_end_to_end(tiny_run):
     out, results, printed, trains = tiny_run
     assert _strict((out / "results.json").read_text()) == results
-    s = demo.TINY
+    s = _demo_options.TINY
     assert results["pretrain"]["steps"] <= s["pretrain_steps"]
     assert results["pretrain"]["reused"] is False
     assert results["transfer_steps"] == s["steps"]
@@ -204,11 +205,11 @@ def test_out_must_not_be_a_file(tmp_path, capsys):
 
 
 def test_rounds_flag_sets_the_amount():
-    settings = demo._settings(parse("--sparsity", "0.9", "--rounds", "4"))
+    settings = _demo_options.settings(parse("--sparsity", "0.9", "--rounds", "4"))
     assert (1 - settings["amount"]) ** 4 == pytest.approx(0.1)
-    assert demo._settings(parse("--tiny"))["max_images"] == demo.TINY["max_images"]
+    assert _demo_options.settings(parse("--tiny"))["max_images"] == _demo_options.TINY["max_images"]
     # with --tiny, an option given explicitly still wins over the tiny value
-    assert demo._settings(parse("--tiny", "--sparsity", "0.7"))["sparsity"] == 0.7
+    assert _demo_options.settings(parse("--tiny", "--sparsity", "0.7"))["sparsity"] == 0.7
 
 
 def test_table_header_names_each_column():
@@ -257,7 +258,6 @@ def test_missing_extra_gives_a_clear_message(monkeypatch, tmp_path, capsys):
 
 def test_batched_image_embeds_match_vilt_own_embedding():
     pytest.importorskip("transformers")
-    from vlticket.demo import model as _demo_model
 
     torch.manual_seed(0)
     model = _demo_model.build_model(20, 5).eval()
@@ -278,7 +278,6 @@ def test_batched_image_embeds_match_vilt_own_embedding():
 def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
     # Every training run starts from exactly its own mask: no baseline inherits another's zeros.
     pytest.importorskip("easy_vqa")
-    from vlticket.demo import model as _demo_model
 
     real_train, checked = _demo_model.train, []
 

@@ -8,10 +8,11 @@ printed comes from the run. Run again into the same --out, it resumes finished w
 baselines); with other settings it says so and starts afresh.
 
 Modules: ``data`` (easy-vqa questions and images), ``model`` (the small ViLT and its training
-loop), ``study`` (the experiment), ``output`` (what a re-run reuses), ``report`` (the table and
-the plot).
+loop), ``options`` (defaults and checks), ``study`` (the experiment), ``output`` (what a re-run
+reuses), ``report`` (the table and the plot).
 """
 
-from .study import DEFAULTS, TINY, configure_parser, run, run_study
+from .options import DEFAULTS, TINY, configure_parser
+from .study import run, run_study
 
 __all__ = ["DEFAULTS", "TINY", "configure_parser", "run", "run_study"]
