@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
+import shutil
+import struct
 import sys
 
 import pytest
@@ -12,21 +16,58 @@ import torch
 import vlticket
 from vlticket.cli import main
 from vlticket.demo import data as _demo_data
+from vlticket.demo import model as _demo_model
+from vlticket.demo import options as _demo_options
+from vlticket.demo import report as _demo_report
 from vlticket.demo import study as demo
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    demo.configure_parser(parser)
+    _demo_options.configure_parser(parser)
     return parser.parse_args(list(argv))
 
 
-def test_tiny_demo_end_to_end(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One fresh ``--tiny`` run: its folder, results, printout and number of training runs."""
     pytest.importorskip("easy_vqa")
-    out = tmp_path / "demo"
-    assert main(["demo", "--tiny", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    out = tmp_path_factory.mktemp("tiny") / "demo"
+    with pytest.MonkeyPatch.context() as mp:
+        trains = _count(mp, _demo_model, "train")
+        capture = io.StringIO()
+        mp.setattr(sys, "stdout", capture)
+        assert main(["demo", "--tiny", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
+    return out, results, capture.getvalue(), len(trains)
+
+
+def _count(mp, module, name: str) -> list[int]:
+    """Replace ``module.name`` by a wrapper that appends to the returned list at each call."""
+    real, calls = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    mp.setattr(module, name, counted)
+    return calls
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_tiny_demo_end_to_end(tiny_run):
+    out, results, printed, trains = tiny_run
+    assert _strict((out / "results.json").read_text()) == results
+    s = _demo_options.TINY
+    assert results["pretrain"]["steps"] <= s["pretrain_steps"]
+    assert results["pretrain"]["reused"] is False
+    assert results["transfer_steps"] == s["steps"]
     for task in "AB":
         row = results["rows"][task]
         ticket = vlticket.Ticket.from_pretrained(out / f"ticket_{task}").mask
@@ -36,9 +77,14 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         assert history == results["history"][task]
         assert row["dense"] == history[0]["metrics"]["accuracy"]
         assert row["imp"] == history[-1]["metrics"]["accuracy"]
+        # the optimizer steps each round and each baseline really took
+        assert [h["steps"] for h in history] == row["steps"]["imp_rounds"] == [s["steps"]] * 2
+        for key in ("random", "random_per_tensor", "shuffled"):
+            assert row["steps"][key] == s["steps"]
         # every number in the table row is the run's own
-        for key in ("dense", "dense_99", "imp", "random", "shuffled"):
+        for key in ("dense", "dense_99", "imp", "random", "random_per_tensor", "shuffled"):
             assert f"{row[key]:.3f}" in printed
+    assert trains == 2 * (2 + 3) + 1  # rounds and baselines of both tasks, and the transfer
     assert f"{results['iou_A_B']:.3f}" in printed
     assert f"{results['transfer_A_to_B']:.3f}" in printed
     iou = vlticket.iou(
@@ -46,17 +92,160 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
         vlticket.Ticket.from_pretrained(out / "ticket_B").mask,
     )
     assert iou == results["iou_A_B"]
-    assert (out / "accuracy_vs_sparsity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # a second run starts afresh instead of resuming the first one's rounds
-    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    png = (out / "accuracy_vs_sparsity.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # IHDR: 7.5 x 4.8 inches at 200 dpi
+    assert (width, height) == (1500, 960)
+    assert b"<svg" in (out / "accuracy_vs_sparsity.svg").read_bytes()[:500]
+
+
+def test_rerun_resumes_without_retraining(tiny_run, tmp_path, monkeypatch, caplog):
+    first, results, _, _ = tiny_run
+    out = tmp_path / "demo"
+    shutil.copytree(first, out)
+    trains = _count(monkeypatch, _demo_model, "train")
+    pretrains = _count(monkeypatch, demo, "_pretrain")
+    with caplog.at_level(logging.INFO, logger="vlticket"):
+        assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert "resuming the run with the same settings" in caplog.text
+    assert (trains, pretrains) == ([], [])  # θ0, every round and every baseline reused
     again = json.loads((out / "results.json").read_text())
     assert again["rows"] == results["rows"]
+    assert again["history"] == results["history"]
+    assert again["pretrain"] == {**results["pretrain"], "reused": True}
+
+
+def test_rerun_with_other_settings_starts_afresh(tiny_run, tmp_path, monkeypatch, caplog):
+    first = tiny_run[0]
+    out = tmp_path / "demo"
+    shutil.copytree(first, out)
+    (out / "notes.txt").write_text("the user's own file")
+    pretrains = _count(monkeypatch, demo, "_pretrain")
+    with caplog.at_level(logging.INFO, logger="vlticket"):
+        assert main(["demo", "--tiny", "--steps", "3", "--out", str(out)]) == 0
+    assert "other settings (steps 8 -> 3): starting afresh (θ0 reused)" in caplog.text
+    assert pretrains == []  # the pre-training settings are the same: θ0 is reused
+    again = json.loads((out / "results.json").read_text())
+    for task in "AB":
+        assert [h["steps"] for h in again["history"][task]] == [3, 3]
+        assert again["rows"][task]["steps"]["random"] == 3
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert not list(out.glob(".trash-*"))
+
+
+def test_interrupted_run_resumes_where_it_stopped(tiny_run, tmp_path, monkeypatch, capsys):
+    _, results, _, trains_in_full_run = tiny_run
+    out = tmp_path / "demo"
+    real_train, calls = _demo_model.train, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # task B's last round, after three finished rounds
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(_demo_model, "train", train)
+    assert main(["demo", "--tiny", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (
+        "vlticket demo: interrupted; rerun the same command to resume"
+    )
+    assert not (out / "results.json").exists()
+    for task, finished in (("A", 2), ("B", 1)):
+        history = json.loads((out / f"task_{task}" / "history.json").read_text())["rounds"]
+        assert len(history) == finished
+    monkeypatch.setattr(_demo_model, "train", real_train)
+    trains = _count(monkeypatch, _demo_model, "train")
+    pretrains = _count(monkeypatch, demo, "_pretrain")
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert pretrains == []
+    assert len(trains) == trains_in_full_run - 3  # only what had not finished
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"] == results["rows"]  # the same numbers as an uninterrupted run
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--sparsity", "1.5"], "argument --sparsity: expected a number in (0, 1), found 1.5"),
+        (["--sparsity", "0"], "argument --sparsity"),
+        (["--sparsity", "nan"], "argument --sparsity"),
+        (["--amount", "1"], "argument --amount"),
+        (["--amount", "0.3", "--rounds", "3"], "argument --rounds: not allowed with argument"),
+        (["--rounds", "0"], "argument --rounds: expected an integer >= 1, found 0"),
+        (["--steps", "0"], "argument --steps"),
+        (["--steps", "ten"], "argument --steps: expected an integer, found 'ten'"),
+        (["--threads", "-2"], "argument --threads"),
+        (["--batch-size", "0"], "argument --batch-size"),
+        (["--pretrain-steps", "0"], "argument --pretrain-steps"),
+        (["--pretrain-target", "1.2"], "argument --pretrain-target"),
+        (["--lr", "0"], "argument --lr"),
+        (["--lr", "inf"], "argument --lr"),
+        (["--seed", "-1"], "argument --seed"),
+    ],
+)
+def test_bad_options_are_usage_errors_before_any_work(
+    argv, complaint, tmp_path, monkeypatch, capsys
+):
+    loads = _count(monkeypatch, _demo_data, "load")
+    out = tmp_path / "demo"
+    assert main(["demo", "--tiny", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vlticket demo")
+    assert err.strip().splitlines()[-1].startswith(f"vlticket demo: error: {complaint}")
+    assert loads == [] and not out.exists()
+
+
+def test_out_must_not_be_a_file(tmp_path, capsys):
+    path = tmp_path / "results.txt"
+    path.write_text("keep me")
+    assert main(["demo", "--tiny", "--out", str(path)]) == 2
+    assert "argument --out: expected a folder" in capsys.readouterr().err
+    assert path.read_text() == "keep me"
 
 
 def test_rounds_flag_sets_the_amount():
-    settings = demo._settings(parse("--sparsity", "0.9", "--rounds", "4"))
+    settings = _demo_options.settings(parse("--sparsity", "0.9", "--rounds", "4"))
     assert (1 - settings["amount"]) ** 4 == pytest.approx(0.1)
-    assert demo._settings(parse("--tiny"))["max_images"] == demo.TINY["max_images"]
+    assert _demo_options.settings(parse("--tiny"))["max_images"] == _demo_options.TINY["max_images"]
+    # with --tiny, an option given explicitly still wins over the tiny value
+    assert _demo_options.settings(parse("--tiny", "--sparsity", "0.7"))["sparsity"] == 0.7
+
+
+def test_table_header_names_each_column():
+    row = {
+        "dense": 0.9,
+        "dense_99": 0.891,
+        "sparsity": 0.95,
+        "imp": 0.93,
+        "random": 0.5,
+        "random_per_tensor": 0.6,
+        "shuffled": 0.7,
+        "relaxed_sparsity": 0.95,
+    }
+    results = {
+        "rows": {"A": row, "B": row},
+        "iou_A_B": 0.7,
+        "iou_random": 0.03,
+        "transfer_A_to_B": 0.9,
+        "pretrain": {"steps": 300, "colour": 0.85},
+        "seconds": 100.0,
+    }
+    lines = _demo_report.format_table(results).splitlines()
+    header = lines[0].split("  ")
+    names = [c.strip() for c in header if c.strip()]
+    assert names == [
+        "task",
+        "dense acc",
+        "99% of dense",
+        "sparsity",
+        "IMP",
+        "random",
+        "random (per tensor)",
+        "θ0′′",
+    ]
+    assert lines[1].split() == ["A", "0.900", "0.891", "95.0%", "0.930", "0.500", "0.600", "0.700"]
+    assert lines[3] == _demo_report.LEGEND  # what each column is, right under the table
 
 
 def test_missing_extra_gives_a_clear_message(monkeypatch, tmp_path, capsys):
@@ -69,7 +258,6 @@ def test_missing_extra_gives_a_clear_message(monkeypatch, tmp_path, capsys):
 
 def test_batched_image_embeds_match_vilt_own_embedding():
     pytest.importorskip("transformers")
-    from vlticket.demo import model as _demo_model
 
     torch.manual_seed(0)
     model = _demo_model.build_model(20, 5).eval()
@@ -90,7 +278,6 @@ def test_batched_image_embeds_match_vilt_own_embedding():
 def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
     # Every training run starts from exactly its own mask: no baseline inherits another's zeros.
     pytest.importorskip("easy_vqa")
-    from vlticket.demo import model as _demo_model
 
     real_train, checked = _demo_model.train, []
 
@@ -106,4 +293,4 @@ def test_each_subnetwork_is_trained_alone(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_demo_model, "train", train)
     assert main(["demo", "--tiny", "--out", str(tmp_path / "demo")]) == 0
-    assert len(checked) >= 5  # random and θ0'' for both tasks, and the transfer
+    assert len(checked) >= 7  # two random and θ0'' for both tasks, and the transfer

@@ -32,6 +32,7 @@ from .errors import ArgumentError, FileFormatError, VlticketError
 from .hub import TICKET_FILES, Ticket, TicketConfig, download_ticket, push_folder
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +163,9 @@ def _demo(args: argparse.Namespace) -> int:
         progress.setLevel(logging.INFO)
     try:
         report = demo.run(args)
+    except KeyboardInterrupt:  # every file is written atomically: the folder stays resumable
+        print("vlticket demo: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if handler is not None:
             progress.removeHandler(handler)

@@ -7,7 +7,7 @@ images but is several times slower on a CPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -91,9 +91,14 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
-    add_optimizer=None,
-) -> None:
-    """Plain AdamW fine-tuning with cross-entropy; ``add_optimizer(optimizer)`` is called first."""
+    add_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> int:
+    """Plain AdamW fine-tuning with cross-entropy; returns the number of optimizer steps.
+
+    ``add_optimizer(optimizer)`` is called first, ``on_step()`` after every optimizer step (a
+    search round counts its steps that way).
+    """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     if add_optimizer is not None:
@@ -106,6 +111,9 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
+    return steps
 
 
 @torch.no_grad()
