@@ -1,6 +1,7 @@
 """Adapters: canonical, task-independent names for the prunable weights of a model family.
 
-Built in: ``"lxmert"`` (transformers and original LXMERT, one set of names), ``"uniter"``
+Built in: ``"bert"`` (transformers BertModel, picked only when no V+L family fits),
+``"lxmert"`` (transformers and original LXMERT, one set of names), ``"uniter"``
 (original UNITER), ``"vilt"`` (transformers) and ``"vilt-original"`` (timm-style original ViLT;
 convert masks and checkpoints with :func:`vilt.to_transformers` / :func:`vilt.to_original`).
 Any other ``nn.Module`` works through :class:`PatternAdapter`; a family of your own is a table
@@ -10,14 +11,15 @@ registered with :func:`register_adapter`. Importing this package registers the b
 from __future__ import annotations
 
 from ..registry import AdapterLike, available, get, register_adapter
-from . import lxmert, uniter, vilt
-from .base import Adapter, Part, TextLayers, UnknownModelError
+from . import bert, lxmert, uniter, vilt
+from .base import Adapter, Part, Structure, TextLayers, UnknownModelError
 from .bert import bert_to_vl
 from .detect import adapter_for
 from .groups import groups_for
 from .patterns import PatternAdapter
+from .structure import Site, blocks_for
 
-for _builtin in (lxmert.LXMERT, uniter.UNITER, vilt.VILT, vilt.VILT_ORIGINAL):
+for _builtin in (bert.BERT, lxmert.LXMERT, uniter.UNITER, vilt.VILT, vilt.VILT_ORIGINAL):
     register_adapter(_builtin, replace=True)
 
 __all__ = [
@@ -25,11 +27,15 @@ __all__ = [
     "AdapterLike",
     "Part",
     "PatternAdapter",
+    "Site",
+    "Structure",
     "TextLayers",
     "UnknownModelError",
     "adapter_for",
     "available",
+    "bert",
     "bert_to_vl",
+    "blocks_for",
     "get",
     "groups_for",
     "lxmert",
