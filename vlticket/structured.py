@@ -73,14 +73,15 @@ def prune_structured(
     sites = blocks_for(model, adapter, kind=granularity, num_heads=num_heads)
     blocks = [s.block for s in sites]
     params = adapter.prunable(model)
-    if mask is None:
-        mask = Mask.ones(params)
+    fresh = mask is None
+    if fresh:
+        mask = {n: p.shape for n, p in params.items()}  # all kept, not allocated
     elif not isinstance(mask, Mapping):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
     else:
         check_layout(params, mask, what="the mask", where="the model's prunable weights")
     if isinstance(score, str):
-        scores = unit_scores(blocks, params, norm=score, mask=mask)
+        scores = unit_scores(blocks, params, norm=score, mask=None if fresh else mask)
     elif isinstance(score, Mapping):
         unknown = sorted(set(score) - {b.name for b in blocks})
         if unknown:
@@ -91,7 +92,7 @@ def prune_structured(
         scores = {k: torch.as_tensor(v) for k, v in score.items()}
     else:
         raise ArgumentError(f"`score`: expected 'l1', 'l2' or a mapping, found {score!r}")
-    state = unit_state(blocks, mask)
+    state = {} if fresh else unit_state(blocks, mask)
     keep = select_units(
         blocks,
         scores,

@@ -74,9 +74,15 @@ class Block:
         return (offsets + within).flatten().sort().values
 
     def units(self, t: torch.Tensor, axis: Axis) -> torch.Tensor:
-        """A view of ``t`` with the units on dim 1: ``(parts, count, size, rest)``."""
-        moved = t if axis.dim == 0 else t.transpose(0, axis.dim)
-        return moved.reshape(axis.parts, self.count, self.size, -1)
+        """A view of a 2-D ``t`` (no copy) with the units split out: rows give
+        ``(parts, count, size, columns)``, columns give ``(rows, parts, count, size)``."""
+        if axis.dim == 0:
+            return t.view(axis.parts, self.count, self.size, -1)
+        return t.view(t.shape[0], axis.parts, self.count, self.size)
+
+    def reduced(self, axis: Axis) -> tuple[int, int, int]:
+        """The dims of :meth:`units`' view that are not the unit index."""
+        return (0, 2, 3) if axis.dim == 0 else (0, 1, 3)
 
 
 def unit_scores(
@@ -101,10 +107,12 @@ def unit_scores(
         total = torch.zeros(block.count, dtype=torch.float64)
         for axis in block.axes:
             w = weights[axis.name].detach()
-            if mask is not None and axis.name in mask:
-                w = w * mask[axis.name].to(w.device)
-            w = w.abs() if norm == "l1" else w.square()
-            total += block.units(w, axis).sum(dim=(0, 2, 3), dtype=torch.float64).cpu()
+            m = None if mask is None else mask.get(axis.name)
+            if m is not None and not bool(m.all()):  # a copy only where entries are pruned
+                w = w * m.to(w.device)
+            p = 1 if norm == "l1" else 2
+            part = torch.linalg.vector_norm(block.units(w, axis), p, dim=block.reduced(axis))
+            total += part.double().cpu() ** p
         out[block.name] = total if norm == "l1" else total.sqrt()
     return out
 
@@ -122,9 +130,10 @@ def unit_state(blocks: list[Block], mask: Mapping[str, torch.Tensor]) -> dict[st
             if axis.name not in mask:
                 pruned[:] = False
                 continue
-            m = block.units(mask[axis.name], axis).cpu()
-            kept &= m.all(dim=3).all(dim=2).all(dim=0)
-            pruned &= ~m.any(dim=3).any(dim=2).any(dim=0)
+            m = block.units(mask[axis.name], axis)
+            dims = block.reduced(axis)
+            kept &= m.all(dim=dims).cpu()
+            pruned &= ~m.any(dim=dims).cpu()
         state = torch.full((block.count,), -1, dtype=torch.int8)
         state[kept] = 1
         state[pruned] = 0
@@ -247,17 +256,47 @@ def _prune_scope(blocks, scores, dead, sparsity, amount, minimum) -> None:
 
 
 def units_mask(
-    blocks: list[Block], keep: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+    blocks: list[Block],
+    keep: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor | torch.Size],
 ) -> Mask:
-    """``base`` with every entry of each pruned unit set False (whole rows / columns)."""
-    out = {n: t.clone() for n, t in base.items()}
+    """``base`` with every entry of each pruned unit set False (whole rows / columns).
+
+    A ``torch.Size`` in ``base`` stands for an all-True tensor of that shape (never allocated
+    twice); ``base``'s tensors are not modified. Each tensor is written in one pass.
+    """
+    lines: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for block in blocks:
         drop = (~keep[block.name].cpu()).nonzero().flatten()
-        if not len(drop):
-            continue
         for axis in block.axes:
-            t = out[axis.name]
-            t.index_fill_(axis.dim, block.entries(drop, axis).to(t.device), False)
+            shape = base[axis.name].shape if isinstance(base[axis.name], torch.Tensor) else None
+            length = (shape or base[axis.name])[axis.dim]
+            kept = torch.ones(length, dtype=torch.bool)
+            kept[block.entries(drop, axis)] = False
+            lines.setdefault(axis.name, []).append((axis.dim, kept))
+    out = {}
+    for name, value in base.items():
+        shape = value.shape if isinstance(value, torch.Tensor) else torch.Size(value)
+        device = value.device if isinstance(value, torch.Tensor) else "cpu"
+        along = lines.get(name, [])
+        if not along:
+            out[name] = (
+                value.clone()
+                if isinstance(value, torch.Tensor)
+                else torch.ones(shape, dtype=torch.bool)
+            )
+            continue
+        rows = torch.ones(shape[0], dtype=torch.bool)
+        cols = torch.ones(shape[1], dtype=torch.bool)
+        for dim, kept in along:
+            if dim == 0:
+                rows &= kept
+            else:
+                cols &= kept
+        lattice = (rows[:, None] & cols[None, :]).to(device)  # shape-sized, one write
+        if isinstance(value, torch.Tensor):
+            lattice &= value
+        out[name] = lattice
     return Mask(out)
 
 
