@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
@@ -210,3 +211,33 @@ def test_original_vilt_neurons_shrink_heads_refused():
     vlticket.shrink(model, neurons, num_heads=4)
     assert model.transformer.blocks[0].mlp.fc1.weight.shape == (16, 16)
     assert model.transformer.blocks[0].mlp.fc2.weight.shape == (16, 16)
+
+
+def test_structured_imp_by_hand_with_rewind_and_attach():
+    """Structured IMP without TicketSearch: train, prune more units, rewind, repeat; shrink."""
+    model = vilt()
+    adapter = adapters.adapter_for(model)
+    theta0 = vlticket.Checkpoint.capture(model, adapter=adapter)
+    mask = vlticket.Mask.ones(model, adapter=adapter)
+    masks = []
+    for _ in range(3):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        with mask.attach(model, optimizer, adapter=adapter):
+            for _ in range(2):
+                outputs(model, vilt_inputs())[0].square().mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        mask = vlticket.prune_structured(model, granularity="neuron", amount=0.25, mask=mask)
+        mask = vlticket.prune_structured(model, granularity="head", amount=0.25, mask=mask)
+        theta0.restore(model, mask, adapter=adapter)
+        masks.append(mask)
+    for looser, tighter in itertools.pairwise(masks):
+        assert all(not (tighter[n] & ~looser[n]).any() for n in looser)
+    sites = adapters.blocks_for(model)
+    state = vlticket.core.structured.unit_state([s.block for s in sites], mask)
+    heads = sum(int((state[s.block.name] == 0).sum()) for s in sites if s.block.kind == "head")
+    assert heads == 2 + 2 + 1  # round(0.25 * 8), round(0.25 * 6), round(0.25 * 4)
+    dense = copy.deepcopy(model)
+    vlticket.shrink(model, mask)
+    for w, g in zip(outputs(dense, vilt_inputs()), outputs(model, vilt_inputs()), strict=True):
+        assert torch.allclose(w, g, atol=1e-5)
