@@ -106,6 +106,7 @@ def shrink(
     return {site.block.name: removed for site, _, removed in plans}
 
 
+@torch.no_grad()
 def _slice(model: nn.Module, site: Site, keep: torch.Tensor) -> None:
     inner = unwrap(model)
     block = site.block

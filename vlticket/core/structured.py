@@ -131,9 +131,9 @@ def unit_state(blocks: list[Block], mask: Mapping[str, torch.Tensor]) -> dict[st
                 pruned[:] = False
                 continue
             m = block.units(mask[axis.name], axis)
-            dims = block.reduced(axis)
-            kept &= m.all(dim=dims).cpu()
-            pruned &= ~m.any(dim=dims).cpu()
+            counts = m.sum(dim=block.reduced(axis)).cpu()  # one pass gives both states
+            kept &= counts == m.numel() // block.count
+            pruned &= counts == 0
         state = torch.full((block.count,), -1, dtype=torch.int8)
         state[kept] = 1
         state[pruned] = 0
