@@ -221,6 +221,70 @@ def bench_iou(model: str, args, rows: list) -> None:
     )
 
 
+def bench_shrink(args, rows: list) -> None:
+    r = run_task(
+        {
+            "task": "shrink",
+            "quick": args.quick,
+            "repeats": 3,
+            "forward_repeats": 3 if args.quick else 7,
+            "batch": 8,
+            "tokens": 32 if args.quick else 128,
+            "threads": 2,
+        }
+    )
+    lat, t = r["latency"], r["times"]
+    model = "bert-base" if not args.quick else "bert-tiny"
+    shape = "8×128 tokens, 2 threads" if not args.quick else "8×32 tokens, 2 threads"
+    rows.append(
+        (
+            f"forward {shape}: shrunk (1/3 heads, 40% neurons removed)",
+            model,
+            span(lat["shrunk"]),
+            f"{span(lat['dense'])} (dense)",
+            f"{med(lat['dense']) / med(lat['shrunk']):.2f}× faster; agree: {r['agree']}",
+        )
+    )
+    rows.append(
+        (
+            f"forward {shape}: shrunk vs a hand-built BERT of the same shape",
+            model,
+            span(lat["shrunk"]),
+            f"{span(lat['hand'])} (hand-built)",
+            f"{med(lat['hand']) / med(lat['shrunk']):.2f}×",
+        )
+    )
+    p, d = r["params"], r["disk"]
+    rows.append(
+        (
+            "parameters / bytes on disk (save_pretrained)",
+            model,
+            f"{p['shrunk'] / 1e6:.1f} M / {d['shrunk'] / MB:.0f} MiB",
+            f"{p['dense'] / 1e6:.1f} M / {d['dense'] / MB:.0f} MiB (dense)",
+            f"{p['dense'] / p['shrunk']:.2f}× / {d['dense'] / d['shrunk']:.2f}× smaller",
+        )
+    )
+    rows.append(
+        (
+            "shrink: time / peak extra memory",
+            model,
+            f"{span(t['shrink'])} / {med(r['shrink_peak']) / MB:.0f} MiB",
+            f"{span(t['read'])} (one read pass) / {r['model_bytes'] / MB:.0f} MiB (model)",
+            f"{med(t['shrink']) / med(t['read']):.2f}× the read pass; "
+            f"{med(r['shrink_peak']) / r['model_bytes']:.2f}× the model size",
+        )
+    )
+    rows.append(
+        (
+            "prune_structured by group norm: heads / neurons",
+            model,
+            f"{span(t['prune_heads'])} / {span(t['prune_neurons'])}",
+            "goal ≤ 0.1 s",
+            f"load average in the task: {r['load']:.2f}",
+        )
+    )
+
+
 def table(rows: list) -> str:
     head = ("benchmark", "model", "vlticket", "peer (torch.nn.utils.prune)", "ratio")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -242,8 +306,9 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument(
         "--only",
-        choices=("prune", "train", "files"),
-        help="one group: prune and IMP rounds, the training step, or disk and IoU",
+        choices=("prune", "train", "files", "shrink"),
+        help="one group: prune and IMP rounds, the training step, disk and IoU, or structured "
+        "tickets (shrink)",
     )
     args = p.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -251,7 +316,7 @@ def main() -> None:
     start = time.time()
     info = machine(args.threads)
     rows: list = []
-    wanted = {args.only} if args.only else {"prune", "train", "files"}
+    wanted = {args.only} if args.only else {"prune", "train", "files", "shrink"}
     for model in ("bert-base", "lxmert"):
         if "prune" in wanted:
             bench_prune(model, args, rows)
@@ -262,6 +327,8 @@ def main() -> None:
         if "files" in wanted:
             bench_disk(model, args, rows)
             bench_iou(model, args, rows)
+    if "shrink" in wanted:
+        bench_shrink(args, rows)
     quick = " (--quick)" if args.quick else ""
     quick += f" (--only {args.only})" if args.only else ""
     info.append(

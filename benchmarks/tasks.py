@@ -285,6 +285,107 @@ def iou(spec) -> dict:
     return {"times": times, "agree": agree}
 
 
+# -- structured tickets: shrink ------------------------------------------------------------
+def _hand_built(config, heads: int, neurons: int):
+    """A BERT with ``heads`` heads per layer and ``neurons`` FFN neurons, built directly."""
+    from transformers import BertModel
+
+    model = BertModel(config).eval()
+    size = config.hidden_size // config.num_attention_heads
+    for layer in model.encoder.layer:
+        att = layer.attention.self
+        for name in ("query", "key", "value"):
+            setattr(att, name, nn.Linear(config.hidden_size, heads * size))
+        att.num_attention_heads, att.all_head_size = heads, heads * size
+        layer.attention.output.dense = nn.Linear(heads * size, config.hidden_size)
+        layer.intermediate.dense = nn.Linear(config.hidden_size, neurons)
+        layer.output.dense = nn.Linear(neurons, config.hidden_size)
+    return model.eval()
+
+
+def _bytes_on_disk(model) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        return sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+
+
+def shrink(spec) -> dict:
+    """Dense BERT vs the same model shrunk (1/3 of heads, 40% of neurons) vs a hand-built BERT
+    of the shrunk shape: forward latency (interleaved), parameters, bytes on disk; the time and
+    memory of ``prune_structured`` and ``shrink``."""
+    import copy
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = (
+        BertConfig()
+        if not spec["quick"]
+        else BertConfig(
+            hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=1024
+        )
+    )
+    dense = BertModel(config).eval()
+    heads = config.num_attention_heads - config.num_attention_heads // 3
+    neurons = config.intermediate_size - round(0.4 * config.intermediate_size)
+    times = {"prune_heads": [], "prune_neurons": [], "read": [], "shrink": []}
+    for _ in range(spec["repeats"]):
+        times["prune_heads"].append(
+            timed(lambda: vlticket.prune_structured(dense, sparsity=1 / 3, scope="layer"))
+        )
+        times["prune_neurons"].append(
+            timed(
+                lambda: vlticket.prune_structured(
+                    dense, granularity="neuron", sparsity=0.4, scope="layer"
+                )
+            )
+        )
+    mask = vlticket.prune_structured(dense, sparsity=1 / 3, scope="layer")
+    mask = vlticket.prune_structured(
+        dense, granularity="neuron", sparsity=0.4, scope="layer", mask=mask
+    )
+    mask.apply(dense, adapter="bert")
+    weights = [p for p in dense.parameters()]
+    model_bytes = sum(p.numel() * p.element_size() for p in weights)
+    peaks = []
+    small = None
+    for _ in range(spec["repeats"]):
+        times["read"].append(timed(lambda: sum(float(w.abs().sum()) for w in weights)))
+        small = copy.deepcopy(dense)
+        peak, seconds, _ = peak_extra(lambda s=small: vlticket.shrink(s, mask))
+        times["shrink"].append(seconds)
+        peaks.append(peak)
+    hand = _hand_built(config, heads, neurons)
+    assert sum(p.numel() for p in hand.parameters()) == sum(p.numel() for p in small.parameters())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, config.vocab_size, (spec["batch"], spec["tokens"]), generator=g)
+    models = {"dense": dense, "shrunk": small, "hand": hand}
+    latency = {k: [] for k in models}
+    with torch.no_grad():
+        for m in models.values():
+            m(input_ids=ids)  # warm up
+        for _ in range(spec["forward_repeats"]):
+            for name, m in models.items():  # interleaved: load hits all three alike
+                latency[name].append(timed(lambda m=m: m(input_ids=ids)))
+        agree = bool(
+            torch.allclose(
+                dense(input_ids=ids).last_hidden_state,
+                small(input_ids=ids).last_hidden_state,
+                atol=1e-4,
+            )
+        )
+    return {
+        "times": times,
+        "latency": latency,
+        "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+        "disk": {k: _bytes_on_disk(m) for k, m in models.items()},
+        "model_bytes": model_bytes,
+        "shrink_peak": peaks,
+        "agree": agree,
+        "load": os.getloadavg()[0],
+    }
+
+
 TASKS = {
     "prune": prune,
     "prune_torch": prune_torch,
@@ -292,6 +393,7 @@ TASKS = {
     "train_step": train_step,
     "disk": disk,
     "iou": iou,
+    "shrink": shrink,
 }
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from original_models import LXRTModel, UniterForVisualQuestionAnswering, UniterModel, VQAModel
-from transformers import BertConfig, BertModel, ViltConfig, ViltModel
+from transformers import BertConfig, BertModel, ViltConfig, ViltModel, ViTConfig, ViTModel
 
 import vlticket
 from vlticket import adapters
@@ -27,6 +27,7 @@ def registry(monkeypatch):
 
 def test_builtin_adapters_are_registered():
     assert adapters.available() == [
+        "bert",
         "clip",
         "clip-text",
         "clip-vision",
@@ -57,13 +58,15 @@ def test_adapter_for_reads_state_dicts_and_name_lists():
 
 
 def test_unknown_model_error_lists_adapters_and_shows_patterns():
-    model = BertModel(
-        BertConfig(
-            vocab_size=50,
+    # ViT has ViLT's layers but no text embeddings: no family fits it.
+    model = ViTModel(
+        ViTConfig(
             hidden_size=16,
             num_hidden_layers=1,
             num_attention_heads=2,
             intermediate_size=32,
+            image_size=8,
+            patch_size=4,
         )
     )
     before = {n: t.clone() for n, t in model.state_dict().items()}

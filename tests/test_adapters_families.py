@@ -158,3 +158,19 @@ def test_the_older_families_are_still_told_apart():
     }
     for family, model in names.items():
         assert vlticket.adapter_for(model).name == family
+
+
+def test_visualbert_heads_and_neurons_prune_and_shrink_exactly():
+    torch.manual_seed(0)
+    model = visualbert("VisualBertModel").eval()
+    mask = vlticket.prune_structured(model, granularity="head", amount=0.5)
+    mask = vlticket.prune_structured(model, granularity="neuron", amount=0.25, mask=mask)
+    mask.apply(model)
+    ids = torch.randint(1, 100, (2, 5))
+    visual = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        dense = model(input_ids=ids, visual_embeds=visual).last_hidden_state
+        vlticket.shrink(model, mask)
+        small = model(input_ids=ids, visual_embeds=visual).last_hidden_state
+    assert torch.allclose(dense, small, atol=1e-5)
+    assert model.encoder.layer[0].attention.self.num_attention_heads == 1

@@ -6,7 +6,8 @@ Where things live, bottom to top (each layer imports only from those below it):
 - ``core``: :class:`Mask`, pruning, :class:`Checkpoint` (rewinding), similarity metrics and
   :class:`MaskHandle` (a mask kept in force while training);
 - ``adapters``: canonical names of model families (LXMERT, UNITER, ViLT, patterns);
-- ``search`` (IMP), ``baselines``, ``adversarial``, ``distributed``, ``hub`` (sharing);
+- ``search`` (IMP), ``structured`` / ``shrink`` (whole heads and neurons), ``baselines``,
+  ``adversarial``, ``distributed``, ``hub`` (sharing);
 - ``cli`` and ``demo``.
 """
 
@@ -40,6 +41,8 @@ from .errors import (
 from .hub import Ticket
 from .registry import register_adapter
 from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
+from .shrink import load_shrunk, shrink
+from .structured import prune_structured
 
 __all__ = [
     "ArgumentError",
@@ -67,11 +70,14 @@ __all__ = [
     "hub",
     "iou",
     "iou_matrix",
+    "load_shrunk",
     "mask_distance",
     "prune_by_score",
     "prune_magnitude",
     "prune_random",
+    "prune_structured",
     "register_adapter",
     "relaxed_ticket",
+    "shrink",
     "tensor_iou",
 ]

@@ -1,6 +1,7 @@
 """Adapters: canonical, task-independent names for the prunable weights of a model family.
 
-Built in: ``"lxmert"`` (transformers and original LXMERT, one set of names), ``"uniter"``
+Built in: ``"bert"`` (transformers BertModel, picked only when no V+L family fits),
+``"lxmert"`` (transformers and original LXMERT, one set of names), ``"uniter"``
 (original UNITER), ``"vilt"`` (transformers) and ``"vilt-original"`` (timm-style original ViLT;
 convert masks and checkpoints with :func:`vilt.to_transformers` / :func:`vilt.to_original`),
 ``"visualbert"`` (transformers, single stream), ``"clip"`` and ``"siglip"`` (transformers dual
@@ -12,14 +13,16 @@ registered with :func:`register_adapter`. Importing this package registers the b
 from __future__ import annotations
 
 from ..registry import AdapterLike, available, get, register_adapter
-from . import clip, lxmert, uniter, vilt, visualbert
-from .base import Adapter, Part, TextLayers, UnknownModelError
+from . import bert, clip, lxmert, uniter, vilt, visualbert
+from .base import Adapter, Part, Structure, TextLayers, UnknownModelError
 from .bert import bert_to_vl
 from .detect import adapter_for
 from .groups import groups_for
 from .patterns import PatternAdapter
+from .structure import Site, blocks_for
 
 for _builtin in (
+    bert.BERT,
     lxmert.LXMERT,
     uniter.UNITER,
     vilt.VILT,
@@ -34,11 +37,15 @@ __all__ = [
     "AdapterLike",
     "Part",
     "PatternAdapter",
+    "Site",
+    "Structure",
     "TextLayers",
     "UnknownModelError",
     "adapter_for",
     "available",
+    "bert",
     "bert_to_vl",
+    "blocks_for",
     "clip",
     "get",
     "groups_for",

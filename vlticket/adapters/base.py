@@ -119,6 +119,55 @@ BERT_LAYER = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Structure:
+    """Where one kind of block keeps its heads or neurons: a row of an adapter's structure table.
+
+    A head is its rows of the ``rows`` weights (query, key, value) and biases plus its columns of
+    the ``columns`` weights (the attention output); a neuron is its row of the FFN input and its
+    column of the FFN output. Head counts come from the model (see
+    :func:`vlticket.adapters.blocks_for`), head sizes from the tensor shapes.
+
+    Args:
+        kind: ``"head"`` or ``"neuron"``.
+        where: regex of a block's prefix in canonical names, e.g.
+            ``r"encoder\\.layer\\.\\d+\\.attention\\."``.
+        rows: module names after the prefix whose weight rows (and bias entries) are the units.
+        columns: module names after the prefix whose weight columns are the units.
+        fused: stacked chunks in each ``rows`` weight (3 for one fused q/k/v weight).
+        resizable: whether :func:`vlticket.shrink` may change the block's head count (False
+            where the code derives the head size from the hidden size, as timm's Attention).
+    """
+
+    kind: str
+    where: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    fused: int = 1
+    resizable: bool = True
+
+
+def attention_heads(where: str, q: str, k: str, v: str, out: str, **kw: Any) -> Structure:
+    """A :class:`Structure` row for attention heads under ``where`` (module names after it)."""
+    return Structure(kind="head", where=where, rows=(q, k, v), columns=(out,), **kw)
+
+
+def ffn_neurons(where: str, inner: str, out: str) -> Structure:
+    """A :class:`Structure` row for FFN neurons under ``where`` (module names after it)."""
+    return Structure(kind="neuron", where=where, rows=(inner,), columns=(out,))
+
+
+def bert_structure(where: str) -> tuple[Structure, ...]:
+    """BERT-layout heads and neurons in layers ``{where}.{n}.``."""
+    head = re.escape(where) + r"\.\d+\."
+    return (
+        attention_heads(
+            head + r"attention\.", "self.query", "self.key", "self.value", "output.dense"
+        ),
+        ffn_neurons(head, "intermediate.dense", "output.dense"),
+    )
+
+
 Embed = Callable[[Any], Mapping[str, torch.Tensor]]
 Forward = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
 EmbeddingHooks = Callable[[nn.Module], tuple[Embed, Forward]]
@@ -164,6 +213,10 @@ class Adapter:
         text_layers: where BERT's weights go (see :class:`TextLayers`), for ``bert_to_vl``.
         embedding_hooks: a function ``model -> (embed, forward)`` giving the embedding inputs
             that :mod:`vlticket.adversarial` perturbs, for this family's models.
+        structure: where the attention heads and FFN neurons are (see :class:`Structure`), for
+            structured pruning and :func:`vlticket.shrink`.
+        fallback: a generic family (BERT) that :func:`adapter_for` picks only when no other
+            family fits (LXMERT and UNITER models have BERT's names too).
 
     Example:
         >>> import vlticket.adapters as adapters
@@ -184,6 +237,8 @@ class Adapter:
     description: str = ""
     text_layers: TextLayers | None = None
     embedding_hooks: EmbeddingHooks | None = None
+    structure: tuple[Structure, ...] = ()
+    fallback: bool = False
     _compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,8 @@
-"""The θ0' baseline: BERT's weights placed on the language layers of a V+L model.
+"""BERT: the ``bert`` family adapter, and the θ0' baseline (BERT's weights on a V+L model).
+
+The adapter names transformers' ``BertModel`` weights (``bert.`` stripped from ``BertFor*``
+heads), e.g. ``encoder.layer.0.attention.self.query.weight``; it is a fallback, since LXMERT and
+UNITER models hold BERT's names too.
 
 BERT layer ``N`` goes to the V+L model's language layer ``N`` (UNITER and ViLT: its ``N``-th
 single-stream layer; LXMERT: ``encoder.layer.N``, its language encoder) with the same shapes.
@@ -19,10 +23,27 @@ from torch import nn
 from .._naming import check_shapes
 from ..errors import ArgumentError, NameMismatchError
 from ..registry import registered
-from .base import Adapter
+from .base import BERT_LAYER, Adapter, bert_structure, embeddings, layers, pooler
 from .detect import adapter_for
 
 logger = logging.getLogger(__name__)
+
+BERT = Adapter(
+    name="bert",
+    prefix=r"(?:module\.|_orig_mod\.)*(?:bert\.)?",
+    signature=(
+        r"encoder\.layer\.\d+\.attention\.self\.query\.weight",
+        r"embeddings\.word_embeddings\.weight",
+    ),
+    parts=(
+        *layers("encoder.layer", "language", *BERT_LAYER),
+        embeddings(r"embeddings\.(word|position|token_type)_embeddings\.weight", stream="language"),
+        pooler(),
+    ),
+    description="BERT: transformers BertModel / BertFor* (a fallback when no V+L family fits)",
+    structure=bert_structure("encoder.layer"),
+    fallback=True,
+)
 
 _BERT_NAME = re.compile(
     r"(?:module\.)?(?:bert\.|distilbert\.)?(?:(?:encoder|transformer)\.layer\.(?P<n>\d+)\."

@@ -40,6 +40,9 @@ def adapter_for(model_or_state_dict: nn.Module | Mapping[str, Any], **options: b
     adapters = registered()
     fits = [a for a in adapters if a.matches(names)]
     families = [a for a in fits if isinstance(a, Adapter)]
+    if len(families) > 1 and any(not a.fallback for a in families):
+        families = [a for a in families if not a.fallback]  # BERT yields to LXMERT, UNITER
+        fits = [a for a in fits if not isinstance(a, Adapter) or not a.fallback]
     if len(fits) > 1 and len(families) == 1:
         fits = families  # a broad pattern adapter does not hide a model family
     if len(fits) != 1:

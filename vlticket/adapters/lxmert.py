@@ -24,8 +24,12 @@ from .base import (
     Adapter,
     Embed,
     Forward,
+    Structure,
     TextLayers,
+    attention_heads,
+    bert_structure,
     embeddings,
+    ffn_neurons,
     layers,
     pooler,
     projection,
@@ -47,6 +51,22 @@ PARTS = (
     embeddings(r"embeddings\.(word|position|token_type)_embeddings\.weight", stream="language"),
     projection(r"encoder\.visn_fc\.(visn_fc|box_fc)\.weight"),
     pooler(),
+)
+
+_X = r"encoder\.x_layers\.\d+\."
+STRUCTURE: tuple[Structure, ...] = (
+    *bert_structure("encoder.layer"),
+    *bert_structure("encoder.r_layers"),
+    attention_heads(
+        _X + r"visual_attention\.", "att.query", "att.key", "att.value", "output.dense"
+    ),
+    *(
+        attention_heads(
+            _X + rf"{s}_self_att\.", "self.query", "self.key", "self.value", "output.dense"
+        )
+        for s in ("lang", "visn")
+    ),
+    *(ffn_neurons(_X, f"{s}_inter.dense", f"{s}_output.dense") for s in ("lang", "visn")),
 )
 
 
@@ -100,6 +120,7 @@ LXMERT = Adapter(
         embeddings="embeddings.",
     ),
     embedding_hooks=embedding_hooks,
+    structure=STRUCTURE,
 )
 
 # Whole state dicts (every tensor, heads included) between the two code bases.

@@ -11,7 +11,14 @@ from torch import nn
 
 from .._naming import preview
 from ..errors import ArgumentError, NameMismatchError
-from .base import UnknownModelError, group_names, grouped, model_names, prunable_by_names
+from .base import (
+    Structure,
+    UnknownModelError,
+    group_names,
+    grouped,
+    model_names,
+    prunable_by_names,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class PatternAdapter:
         exclude: regexes removing parameters again (e.g. a task head).
         strip: regex of a prefix removed from the front of names (e.g. ``r"model\\."``).
         name: registry name.
+        structure: optional :class:`~vlticket.adapters.Structure` rows (regexes on canonical
+            names) saying where attention heads and FFN neurons are, for structured pruning.
 
     Example:
         >>> import torch, vlticket.adapters as adapters
@@ -38,6 +47,7 @@ class PatternAdapter:
     exclude: tuple[str, ...] = ()
     strip: str = ""
     name: str = "patterns"
+    structure: tuple[Structure, ...] = ()
 
     def __post_init__(self) -> None:
         for param in ("include", "exclude"):
@@ -54,6 +64,7 @@ class PatternAdapter:
             re.compile(self.strip)
         except re.error as e:
             raise ArgumentError(f"`strip`: {self.strip!r} is not a valid regex: {e}") from e
+        object.__setattr__(self, "structure", tuple(self.structure))
         if not self.include:
             raise ArgumentError("`include`: give at least one regex, e.g. [r'.*\\.weight']")
 

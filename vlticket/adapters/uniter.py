@@ -13,6 +13,7 @@ from .base import (
     BERT_MATRICES,
     Adapter,
     TextLayers,
+    bert_structure,
     embeddings,
     layers,
     pooler,
@@ -41,4 +42,5 @@ UNITER = Adapter(
         rename={m: m for m in BERT_MATRICES},
         embeddings="embeddings.",
     ),
+    structure=bert_structure("encoder.layer"),
 )

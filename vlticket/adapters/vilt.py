@@ -27,8 +27,11 @@ from .base import (
     Adapter,
     Embed,
     Forward,
+    Structure,
     TextLayers,
+    attention_heads,
     embeddings,
+    ffn_neurons,
     layers,
     pooler,
     projection,
@@ -51,6 +54,28 @@ PARTS = (
     embeddings(r"embeddings\.token_type_embeddings\.weight", stream="cross"),
     projection(r"embeddings\.patch_embeddings\.projection\.weight"),
     pooler(),
+)
+
+_L = r"encoder\.layer\.\d+\."
+_FFN = ffn_neurons(_L, "intermediate.dense", "output.dense")
+STRUCTURE = (
+    attention_heads(
+        _L + r"attention\.", "attention.query", "attention.key", "attention.value", "output.dense"
+    ),
+    _FFN,
+)
+# The original's fused q/k/v: timm's Attention derives the head size from the hidden size, so
+# heads are masked but not removed by shrink (neurons are).
+STRUCTURE_ORIGINAL = (
+    Structure(
+        kind="head",
+        where=_L + r"attention\.",
+        rows=("attention.qkv",),
+        columns=("output.dense",),
+        fused=3,
+        resizable=False,
+    ),
+    _FFN,
 )
 
 
@@ -105,6 +130,7 @@ VILT = Adapter(
         embeddings="embeddings.text_embeddings.",
     ),
     embedding_hooks=embedding_hooks,
+    structure=STRUCTURE,
 )
 
 _BLOCK = r"transformer\.blocks\.(?P<n>\d+)\."
@@ -140,6 +166,7 @@ VILT_ORIGINAL = Adapter(
         },
         embeddings="embeddings.text_embeddings.",
     ),
+    structure=STRUCTURE_ORIGINAL,
 )
 
 _QKV = re.compile(r"(.*\.attention\.attention\.)qkv\.(weight|bias)")

@@ -14,6 +14,7 @@ from .base import (
     BERT_MATRICES,
     Adapter,
     TextLayers,
+    bert_structure,
     embeddings,
     layers,
     pooler,
@@ -42,4 +43,5 @@ VISUALBERT = Adapter(
         rename={m: m for m in BERT_MATRICES},
         embeddings="embeddings.",
     ),
+    structure=bert_structure("encoder.layer"),
 )

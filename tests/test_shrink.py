@@ -1,0 +1,243 @@
+"""shrink: removing whole heads and neurons computes what the masked dense model computes."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from original_models import ViLTransformerSS
+from test_structured import bert, lxmert, vilt
+from transformers import BertModel, ViltModel
+
+import vlticket
+from vlticket import adapters
+
+torch.set_num_threads(1)
+
+
+def structured_mask(model, heads=0.5, neurons=0.4, **kw):
+    mask = vlticket.prune_structured(model, granularity="head", sparsity=heads, **kw)
+    return vlticket.prune_structured(model, granularity="neuron", sparsity=neurons, mask=mask, **kw)
+
+
+def bert_inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 50, (3, 9), generator=g)
+    attention = torch.ones(3, 9, dtype=torch.long)
+    attention[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": attention}
+
+
+def lxmert_inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, 50, (2, 7), generator=g),
+        "visual_feats": torch.randn(2, 5, 8, generator=g),
+        "visual_pos": torch.rand(2, 5, 4, generator=g),
+    }
+
+
+def vilt_inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, 50, (2, 7), generator=g),
+        "pixel_values": torch.randn(2, 3, 32, 32, generator=g),
+    }
+
+
+def outputs(model, inputs):
+    torch.manual_seed(0)  # ViLT samples image patches at random
+    out = model(**inputs)
+    return [t for t in out.values() if isinstance(t, torch.Tensor)]
+
+
+CASES = [
+    ("bert-eager", lambda: bert(attn_implementation="eager"), bert_inputs),
+    ("bert-sdpa", lambda: bert(attn_implementation="sdpa"), bert_inputs),
+    ("lxmert", lambda: lxmert(), lxmert_inputs),
+    ("vilt", lambda: vilt(), vilt_inputs),
+]
+
+
+@pytest.mark.parametrize("case, build, inputs", CASES, ids=[c[0] for c in CASES])
+def test_shrunk_model_computes_the_masked_model(case, build, inputs):
+    dense = build()
+    adapter = adapters.adapter_for(dense)
+    mask = structured_mask(dense)
+    mask.apply(dense, adapter=adapter)
+    small = copy.deepcopy(dense)
+    sites = adapters.blocks_for(dense)
+    removed = vlticket.shrink(small, mask)
+    assert sum(removed.values()) > 0
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in dense.parameters())
+    batch = inputs()
+    want, got = outputs(dense, batch), outputs(small, batch)
+    assert len(want) == len(got) > 0
+    for w, g in zip(want, got, strict=True):
+        assert torch.allclose(w, g, atol=1e-5, rtol=1e-4)
+    # Gradients of the remaining weights equal the dense model's at the kept entries.
+    sum(t.square().sum() for t in outputs(dense, batch)).backward()
+    sum(t.square().sum() for t in outputs(small, batch)).backward()
+    dense_params = dict(dense.named_parameters())
+    small_params = dict(small.named_parameters())
+    names = adapter.names(dense)
+    states = vlticket.core.structured.unit_state([s.block for s in sites], mask)
+    for site in sites:
+        keep = (states[site.block.name] != 0).nonzero().flatten()
+        for axis in site.block.axes:
+            name = names[axis.name]
+            index = site.block.entries(keep, axis)
+            want_grad = dense_params[name].grad.index_select(axis.dim, index)
+            assert torch.allclose(small_params[name].grad, want_grad, atol=1e-5, rtol=1e-4)
+    # Parameters outside the blocks keep their shape and gradient.
+    for name in ("embeddings.word_embeddings.weight", "pooler.dense.weight"):
+        if name in small_params:
+            assert torch.allclose(small_params[name].grad, dense_params[name].grad, atol=1e-5)
+
+
+def test_shrink_updates_head_counts_and_records_them():
+    model = bert(heads=4, layers=2)
+    keep_one = {"encoder.layer.0.attention": torch.tensor([0.0, 5.0, 0.0, 0.0])}
+    scores = {**keep_one, "encoder.layer.1.attention": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    mask = vlticket.prune_structured(model, sparsity=0.5, score=scores, scope="layer")
+    vlticket.shrink(model, mask)
+    att0 = model.encoder.layer[0].attention.self
+    assert (att0.num_attention_heads, att0.all_head_size, att0.attention_head_size) == (2, 8, 4)
+    assert att0.query.weight.shape == (8, 16) and att0.query.bias.shape == (8,)
+    assert att0.query.out_features == 8
+    assert model.encoder.layer[0].attention.output.dense.in_features == 8
+    assert model.config.vlticket_shrunk == {
+        "encoder.layer.0.attention": 2,
+        "encoder.layer.1.attention": 2,
+    }
+    assert model.config.num_attention_heads == 4  # the dense count: load_shrunk needs it
+
+
+def test_lxmert_cross_attention_head_size_attribute():
+    model = lxmert()
+    mask = vlticket.prune_structured(model, sparsity=0.5, scope="layer")
+    vlticket.shrink(model, mask)
+    cross = model.encoder.x_layers[0].visual_attention.att
+    assert (cross.num_attention_heads, cross.head_size, cross.attention_head_size) == (2, 8, 4)
+
+
+@pytest.mark.parametrize(
+    "cls, build, inputs", [(BertModel, bert, bert_inputs), (ViltModel, vilt, vilt_inputs)]
+)
+def test_save_pretrained_and_load_shrunk(tmp_path, cls, build, inputs):
+    model = build()
+    mask = structured_mask(model)
+    vlticket.shrink(model, mask)
+    model.save_pretrained(tmp_path)
+    again = vlticket.load_shrunk(cls, tmp_path).eval()
+    assert again.config.vlticket_shrunk == model.config.vlticket_shrunk
+    for name, t in model.state_dict().items():
+        assert torch.equal(again.state_dict()[name], t), name
+    batch = inputs()
+    for w, g in zip(outputs(model, batch), outputs(again, batch), strict=True):
+        assert torch.allclose(w, g, atol=1e-5)
+    with pytest.raises(vlticket.FileFormatError, match="vlticket_shrunk"):
+        build().save_pretrained(tmp_path / "dense")
+        vlticket.load_shrunk(cls, tmp_path / "dense")
+
+
+def state(model):
+    return {n: t.clone() for n, t in model.state_dict().items()}
+
+
+def unchanged(model, before):
+    now = model.state_dict()
+    return set(now) == set(before) and all(torch.equal(now[n], t) for n, t in before.items())
+
+
+def test_partial_units_are_refused_unless_kept():
+    model = bert()
+    mask = structured_mask(model)
+    mask["encoder.layer.1.intermediate.dense.weight"][3, 0] = False  # part of neuron 3
+    before = state(model)
+    with pytest.raises(
+        vlticket.ArgumentError, match=r"neurons \[3\] of 'encoder.layer.1.intermediate.dense'"
+    ):
+        vlticket.shrink(model, mask)
+    assert unchanged(model, before)
+    vlticket.shrink(model, mask, keep_partial=True)
+    kept = mask["encoder.layer.1.intermediate.dense.weight"].any(dim=1).sum()
+    assert model.encoder.layer[1].intermediate.dense.out_features == kept
+
+
+def test_bad_masks_leave_the_model_unchanged():
+    model = bert()
+    before = state(model)
+    other = vlticket.Mask.ones(vilt(), adapter="vilt")
+    with pytest.raises(vlticket.NameMismatchError):
+        vlticket.shrink(model, other)
+    no_heads = vlticket.prune_structured(
+        model,
+        sparsity=0.5,
+        min_per_layer=0,
+        score={
+            "encoder.layer.0.attention": torch.zeros(4),
+            "encoder.layer.1.attention": torch.ones(4),
+        },
+    )
+    with pytest.raises(vlticket.ArgumentError, match="every head of 'encoder.layer.0.attention'"):
+        vlticket.shrink(model, no_heads)
+    assert unchanged(model, before)
+    dense_mask = structured_mask(model)
+    vlticket.shrink(model, dense_mask)
+    shrunk = state(model)
+    with pytest.raises(vlticket.ShapeMismatchError):
+        vlticket.shrink(model, dense_mask)  # a dense-model mask on the shrunk model
+    assert unchanged(model, shrunk)
+    # The shrunk model's own mask works, and a second shrink removes more.
+    again = vlticket.prune_structured(model, granularity="neuron", amount=0.5)
+    vlticket.shrink(model, again)
+    assert (
+        model.encoder.layer[0].intermediate.dense.out_features
+        < shrunk["encoder.layer.0.intermediate.dense.weight"].shape[0]
+    )
+
+
+def test_original_vilt_neurons_shrink_heads_refused():
+    model = ViLTransformerSS(layers=1, h=16, i=32)
+    heads = vlticket.prune_structured(model, sparsity=0.5, num_heads=4)
+    before = state(model)
+    with pytest.raises(vlticket.ArgumentError, match="head size from the hidden size"):
+        vlticket.shrink(model, heads, num_heads=4)
+    assert unchanged(model, before)
+    neurons = vlticket.prune_structured(model, granularity="neuron", sparsity=0.5, num_heads=4)
+    vlticket.shrink(model, neurons, num_heads=4)
+    assert model.transformer.blocks[0].mlp.fc1.weight.shape == (16, 16)
+    assert model.transformer.blocks[0].mlp.fc2.weight.shape == (16, 16)
+
+
+def test_structured_imp_by_hand_with_rewind_and_attach():
+    """Structured IMP without TicketSearch: train, prune more units, rewind, repeat; shrink."""
+    model = vilt()
+    adapter = adapters.adapter_for(model)
+    theta0 = vlticket.Checkpoint.capture(model, adapter=adapter)
+    mask = vlticket.Mask.ones(model, adapter=adapter)
+    masks = []
+    for _ in range(3):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        with mask.attach(model, optimizer, adapter=adapter):
+            for _ in range(2):
+                outputs(model, vilt_inputs())[0].square().mean().backward()
+                optimizer.step()
+                optimizer.zero_grad()
+        mask = vlticket.prune_structured(model, granularity="neuron", amount=0.25, mask=mask)
+        mask = vlticket.prune_structured(model, granularity="head", amount=0.25, mask=mask)
+        theta0.restore(model, mask, adapter=adapter)
+        masks.append(mask)
+    for looser, tighter in itertools.pairwise(masks):
+        assert all(not (tighter[n] & ~looser[n]).any() for n in looser)
+    sites = adapters.blocks_for(model)
+    state = vlticket.core.structured.unit_state([s.block for s in sites], mask)
+    heads = sum(int((state[s.block.name] == 0).sum()) for s in sites if s.block.kind == "head")
+    assert heads == 2 + 2 + 1  # round(0.25 * 8), round(0.25 * 6), round(0.25 * 4)
+    dense = copy.deepcopy(model)
+    vlticket.shrink(model, mask)
+    for w, g in zip(outputs(dense, vilt_inputs()), outputs(model, vilt_inputs()), strict=True):
+        assert torch.allclose(w, g, atol=1e-5)

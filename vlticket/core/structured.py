@@ -1,0 +1,332 @@
+"""Structured selection: whole attention heads and FFN neurons, as index sets over named tensors.
+
+A *block* (one attention module, one FFN) holds ``count`` *units* (heads or neurons). Unit ``u``
+is the same slice of several tensors: rows ``u*size : (u+1)*size`` of the query, key and value
+weights (of each of ``parts`` stacked chunks when q/k/v are fused into one tensor) and the same
+columns of the output weight. Nothing here knows a model family: adapters say where the blocks
+are (:mod:`vlticket.adapters`), this module scores units, selects the lowest with exact counts
+and writes the result as an ordinary :class:`Mask` with whole rows and columns False.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ArgumentError, ShapeMismatchError
+from .mask import Mask
+from .selection import fraction
+
+SCOPES = ("global", "layer", "stream")
+NORMS = ("l1", "l2")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One tensor's share of a block: its units run along ``dim`` (0 rows, 1 columns), in
+    ``parts`` stacked chunks (3 for a fused q/k/v weight, else 1)."""
+
+    name: str
+    dim: int
+    parts: int = 1
+
+
+@dataclass(frozen=True)
+class Block:
+    """``count`` units of ``size`` rows/columns each, shared by the tensors in ``axes``.
+
+    Args:
+        name: the block's name, e.g. ``"encoder.layer.0.attention"``.
+        kind: ``"head"`` or ``"neuron"``.
+        count: number of units (heads or neurons) in the block.
+        size: rows (or columns) per unit and part: the head size, or 1 for a neuron.
+        axes: the tensors and dimensions the units run along.
+        stream: the stream of the block, for per-stream budgets (``"language"`` ...).
+    """
+
+    name: str
+    kind: str
+    count: int
+    size: int
+    axes: tuple[Axis, ...]
+    stream: str = "all"
+
+    def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Every axis exists with ``parts * count * size`` entries along its dim."""
+        for axis in self.axes:
+            shape = shapes.get(axis.name)
+            want = axis.parts * self.count * self.size
+            if shape is None:
+                raise ShapeMismatchError(f"block {self.name!r}: tensor {axis.name!r} is missing")
+            if len(shape) <= axis.dim or shape[axis.dim] != want:
+                raise ShapeMismatchError(
+                    f"block {self.name!r}: tensor {axis.name!r} should have {want} "
+                    f"({axis.parts} x {self.count} {self.kind}s x {self.size}) entries along dim "
+                    f"{axis.dim}, found shape {tuple(shape)}"
+                )
+
+    def entries(self, units: torch.Tensor, axis: Axis) -> torch.Tensor:
+        """Indices along ``axis.dim`` of these units' entries, in order (every part)."""
+        offsets = torch.arange(axis.parts)[:, None, None] * (self.count * self.size)
+        within = units[None, :, None] * self.size + torch.arange(self.size)[None, None, :]
+        return (offsets + within).flatten().sort().values
+
+    def units(self, t: torch.Tensor, axis: Axis) -> torch.Tensor:
+        """A view of a 2-D ``t`` (no copy) with the units split out: rows give
+        ``(parts, count, size, columns)``, columns give ``(rows, parts, count, size)``."""
+        if axis.dim == 0:
+            return t.view(axis.parts, self.count, self.size, -1)
+        return t.view(t.shape[0], axis.parts, self.count, self.size)
+
+    def reduced(self, axis: Axis) -> tuple[int, int, int]:
+        """The dims of :meth:`units`' view that are not the unit index."""
+        return (0, 2, 3) if axis.dim == 0 else (0, 1, 3)
+
+
+def unit_scores(
+    blocks: list[Block],
+    weights: Mapping[str, torch.Tensor],
+    *,
+    norm: str = "l1",
+    mask: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Each unit's norm over all its entries (masked entries count as zero).
+
+    Args:
+        blocks: the blocks, from an adapter.
+        weights: the tensors the blocks name.
+        norm: ``"l1"`` (sum of ``|w|``) or ``"l2"`` (root of the sum of squares).
+        mask: optional current mask; pruned entries do not count.
+    """
+    if norm not in NORMS:
+        raise ArgumentError(f"`score`: expected one of {NORMS} or a mapping, found {norm!r}")
+    out = {}
+    for block in blocks:
+        total = torch.zeros(block.count, dtype=torch.float64)
+        for axis in block.axes:
+            w = weights[axis.name].detach()
+            m = None if mask is None else mask.get(axis.name)
+            if m is not None and not bool(m.all()):  # a copy only where entries are pruned
+                w = w * m.to(w.device)
+            p = 1 if norm == "l1" else 2
+            part = torch.linalg.vector_norm(block.units(w, axis), p, dim=block.reduced(axis))
+            total += part.double().cpu() ** p
+        out[block.name] = total if norm == "l1" else total.sqrt()
+    return out
+
+
+def unit_state(blocks: list[Block], mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per block, each unit's state in ``mask``: 1 kept whole, 0 pruned whole, -1 partial.
+
+    Tensors the mask does not hold count as kept.
+    """
+    out = {}
+    for block in blocks:
+        kept = torch.ones(block.count, dtype=torch.bool)
+        pruned = torch.ones(block.count, dtype=torch.bool)
+        for axis in block.axes:
+            if axis.name not in mask:
+                pruned[:] = False
+                continue
+            # One pass over the bytes per line (aminmax on uint8 is several times faster than
+            # bool reductions), then the small per-line results are folded into units.
+            m = mask[axis.name].view(torch.uint8)
+            low, high = torch.aminmax(m.reshape(m.shape[0], -1), dim=1 - axis.dim)
+            low = low.cpu().view(axis.parts, block.count, block.size)
+            high = high.cpu().view(axis.parts, block.count, block.size)
+            kept &= low.amin(dim=(0, 2)) == 1
+            pruned &= high.amax(dim=(0, 2)) == 0
+        state = torch.full((block.count,), -1, dtype=torch.int8)
+        state[kept] = 1
+        state[pruned] = 0
+        out[block.name] = state
+    return out
+
+
+def select_units(
+    blocks: list[Block],
+    scores: Mapping[str, torch.Tensor],
+    *,
+    sparsity: float | None = None,
+    amount: float | None = None,
+    scope: str = "global",
+    min_per_block: int = 1,
+    budgets: Mapping[str, float] | None = None,
+    pruned: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Which units to keep: the lowest scores are pruned, with exact counts.
+
+    Counts follow :mod:`vlticket.core.selection`: ``sparsity=s`` prunes until ``round(s * n)`` of
+    the ``n`` units of a scope are pruned, ``amount=a`` prunes ``round(a * kept)`` more. Ties go
+    to the earlier block, then the lower unit index. Units in ``pruned`` stay pruned, and no
+    block keeps fewer than ``min_per_block`` units (or fewer than it has, if fewer).
+
+    Args:
+        blocks: the blocks of one kind (heads or neurons).
+        scores: ``{block name: one float per unit}``.
+        scope: ``"global"`` (all blocks together), ``"layer"`` (each block on its own) or
+            ``"stream"`` (each stream on its own).
+        budgets: ``{stream: sparsity}`` per stream; implies ``scope="stream"`` and streams not
+            named use ``sparsity``.
+        pruned: ``{block name: bool per unit}`` already pruned.
+
+    Returns:
+        ``{block name: bool tensor, True = unit kept}``.
+
+    Example:
+        >>> from vlticket.core.structured import Axis, Block, select_units
+        >>> b = Block("attn", "head", 4, 2, (Axis("q", 0),))
+        >>> select_units([b], {"attn": torch.tensor([3.0, 1.0, 2.0, 1.0])}, sparsity=0.5)
+        {'attn': tensor([ True, False,  True, False])}
+    """
+    if (sparsity is None) == (amount is None):
+        raise ArgumentError(
+            f"give exactly one of `sparsity` and `amount`; found sparsity={sparsity!r}, "
+            f"amount={amount!r}"
+        )
+    if scope not in SCOPES:
+        raise ArgumentError(f"`scope`: expected one of {SCOPES}, found {scope!r}")
+    if isinstance(min_per_block, bool) or not isinstance(min_per_block, int) or min_per_block < 0:
+        raise ArgumentError(f"`min_per_layer`: expected an int >= 0, found {min_per_block!r}")
+    fraction(
+        sparsity if sparsity is not None else amount, "sparsity" if amount is None else "amount"
+    )
+    budgets = dict(budgets or {})
+    streams = {b.stream for b in blocks}
+    for stream, value in budgets.items():
+        if stream not in streams:
+            raise ArgumentError(
+                f"`budgets`: unknown stream {stream!r}; the blocks are in {sorted(streams)}"
+            )
+        fraction(value, f"budgets[{stream!r}]")
+    if budgets:
+        scope = "stream"
+    for block in blocks:
+        s = scores.get(block.name)
+        if s is None or tuple(s.shape) != (block.count,):
+            found = "nothing" if s is None else f"shape {tuple(s.shape)}"
+            raise ShapeMismatchError(
+                f"`score`: block {block.name!r} needs {block.count} scores, found {found}"
+            )
+    dead = {b.name: torch.zeros(b.count, dtype=torch.bool) for b in blocks}
+    for name, p in (pruned or {}).items():
+        dead[name] = p.cpu().bool().clone()
+    if scope == "global":
+        scopes = {"all": blocks}
+    elif scope == "layer":
+        scopes = {b.name: [b] for b in blocks}
+    else:
+        scopes = {}
+        for b in blocks:
+            scopes.setdefault(b.stream, []).append(b)
+    for key, members in scopes.items():
+        target = budgets.get(key, sparsity) if scope == "stream" else sparsity
+        _prune_scope(members, scores, dead, target, amount, min_per_block)
+    return {name: ~d for name, d in dead.items()}
+
+
+def _prune_scope(blocks, scores, dead, sparsity, amount, minimum) -> None:
+    total = sum(b.count for b in blocks)
+    already = sum(int(dead[b.name].sum()) for b in blocks)
+    if amount is not None:
+        todo = round(amount * (total - already))
+    else:
+        todo = max(0, round(sparsity * total) - already)
+    if todo == 0:
+        return
+    values = torch.cat([scores[b.name].detach().double().cpu() for b in blocks])
+    owner = torch.cat([torch.full((b.count,), i) for i, b in enumerate(blocks)])
+    local = torch.cat([torch.arange(b.count) for b in blocks])
+    if torch.isnan(values).any():
+        raise ArgumentError("`score`: found NaN among the unit scores")
+    order = torch.sort(values, stable=True).indices.tolist()  # stable: ties keep block order
+    room = [int((~dead[b.name]).sum()) - min(minimum, b.count) for b in blocks]
+    for i in order:
+        if todo == 0:
+            break
+        b, u = int(owner[i]), int(local[i])
+        if dead[blocks[b].name][u] or room[b] <= 0:
+            continue
+        dead[blocks[b].name][u] = True
+        room[b] -= 1
+        todo -= 1
+    if todo:
+        raise ArgumentError(
+            f"cannot prune {todo} more units of {[b.name for b in blocks][:3]}... while keeping "
+            f"{minimum} per block; lower the sparsity or `min_per_layer`"
+        )
+
+
+def units_mask(
+    blocks: list[Block],
+    keep: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor | torch.Size],
+) -> Mask:
+    """``base`` with every entry of each pruned unit set False (whole rows / columns).
+
+    A ``torch.Size`` in ``base`` stands for an all-True tensor of that shape (never allocated
+    twice); ``base``'s tensors are not modified. Each tensor is written in one pass.
+    """
+    lines: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for block in blocks:
+        drop = (~keep[block.name].cpu()).nonzero().flatten()
+        for axis in block.axes:
+            shape = base[axis.name].shape if isinstance(base[axis.name], torch.Tensor) else None
+            length = (shape or base[axis.name])[axis.dim]
+            kept = torch.ones(length, dtype=torch.bool)
+            kept[block.entries(drop, axis)] = False
+            lines.setdefault(axis.name, []).append((axis.dim, kept))
+    out = {}
+    for name, value in base.items():
+        shape = value.shape if isinstance(value, torch.Tensor) else torch.Size(value)
+        device = value.device if isinstance(value, torch.Tensor) else "cpu"
+        along = lines.get(name, [])
+        if not along:
+            out[name] = (
+                value.clone()
+                if isinstance(value, torch.Tensor)
+                else torch.ones(shape, dtype=torch.bool)
+            )
+            continue
+        rows = torch.ones(shape[0], dtype=torch.bool)
+        cols = torch.ones(shape[1], dtype=torch.bool)
+        for dim, kept in along:
+            if dim == 0:
+                rows &= kept
+            else:
+                cols &= kept
+        lattice = (rows[:, None] & cols[None, :]).to(device)  # shape-sized, one write
+        if isinstance(value, torch.Tensor):
+            lattice &= value
+        out[name] = lattice
+    return Mask(out)
+
+
+def check_count(value: int, what: str) -> int:
+    """A head count read from a config or given: a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArgumentError(f"{what}: expected a positive int, found {value!r}")
+    return value
+
+
+def head_size(rows: int, parts: int, heads: int, where: str) -> int:
+    """Rows per head of an attention block, or a ShapeMismatchError naming the block."""
+    if rows % (parts * heads):
+        raise ShapeMismatchError(
+            f"{where}: {rows} rows do not split into {parts} x {heads} heads; is `num_heads` right?"
+        )
+    return rows // (parts * heads)
+
+
+__all__ = [
+    "Axis",
+    "Block",
+    "check_count",
+    "head_size",
+    "select_units",
+    "unit_scores",
+    "unit_state",
+    "units_mask",
+]
