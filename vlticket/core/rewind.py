@@ -146,6 +146,27 @@ class Checkpoint(Mapping[str, torch.Tensor]):
         apply the canonical-name mask separately: ``theta0.restore(model);
         mask.apply(model, adapter=adapter)``.
         """
+        targets = self._checked_targets(module_or_weights, mask, adapter, strict)
+        with torch.no_grad():
+            for name, value in self._data.items():
+                targets[name].copy_(value)
+        if mask is not None:
+            mask.apply({n: targets[n] for n in mask})
+
+    def check(
+        self,
+        module_or_weights: Weights,
+        mask: Mask | None = None,
+        *,
+        adapter: AdapterArg = None,
+        strict: bool = False,
+    ) -> None:
+        """Raise as :meth:`restore` would on a mismatch, without writing anything."""
+        self._checked_targets(module_or_weights, mask, adapter, strict)
+
+    def _checked_targets(
+        self, module_or_weights: Weights, mask: Mask | None, adapter: AdapterArg, strict: bool
+    ) -> dict[str, torch.Tensor]:
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
         meta = [n for n in self._data if n in targets and targets[n].is_meta]
         if meta:
@@ -163,11 +184,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                     f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}"
                 )
             check_layout(mask.shapes(), targets, what="`mask`", where="the model", exact=False)
-        with torch.no_grad():
-            for name, value in self._data.items():
-                targets[name].copy_(value)
-        if mask is not None:
-            mask.apply({n: targets[n] for n in mask})
+        return targets
 
     def shuffled(self, seed: int | None = None) -> Checkpoint:
         """The θ0'' baseline: every tensor's values randomly permuted within that tensor."""
