@@ -293,3 +293,72 @@ def test_fast_path_matches_rezeroing_every_step_bit_for_bit(name, script):
         runs.append(model.state_dict())
     fast, full = runs
     assert all(torch.equal(fast[k], full[k]) for k in fast)
+
+
+_POISON = [float("nan"), float("inf"), float("-inf"), -0.0, -1e30]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from([*sorted(EXACT_OPTIMIZERS), "subclass"]),
+    where=st.sets(st.sampled_from(["weight", "grad", "state", "at-attach"]), min_size=1),
+    seed=st.integers(0, 2**16),
+)
+def test_pruned_entries_are_exactly_plus_zero_whatever_was_written_there(name, where, seed):
+    """NaN * 0 is NaN: the hooks must overwrite pruned entries, not multiply them by zero."""
+    make_opt = EXACT_OPTIMIZERS["adamw" if name == "subclass" else name]
+    torch.manual_seed(0)
+    model = TinyNet()
+    opt = make_opt(model.parameters())
+    if name == "subclass":  # the full re-zeroing path
+        opt.__class__ = type("Sub", (type(opt),), {})
+    _train(model, opt, 1)  # optimizer state exists
+    mask = vlticket.prune_magnitude(model, sparsity=0.5, adapter=None)
+    g = torch.Generator().manual_seed(seed)
+    params = {n: p for n, p in model.named_parameters() if n in mask}
+
+    def poison(t, keep):
+        pruned = (~keep).nonzero()
+        pick = pruned[torch.randint(0, len(pruned), (5,), generator=g)]
+        values = torch.tensor(_POISON)[torch.randint(0, len(_POISON), (5,), generator=g)]
+        with torch.no_grad():
+            t[tuple(pick.T)] = values.to(t.dtype)
+
+    if "at-attach" in where:
+        for n, p in params.items():
+            poison(p, mask[n])
+    with mask.attach(model, opt):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randint(0, 10, (4, 5), generator=g)).pow(2).mean().backward()
+            for n, p in params.items():
+                if "weight" in where:
+                    poison(p, mask[n])
+                if "grad" in where:
+                    poison(p.grad, mask[n])
+                if "state" in where:
+                    for v in opt.state[p].values():
+                        if v.shape == p.shape:
+                            poison(v, mask[n])
+            opt.step()
+            for n, p in params.items():
+                pruned = p.detach()[~mask[n]]
+                assert torch.equal(pruned, torch.zeros_like(pruned)), n
+                assert not torch.signbit(pruned).any(), f"{n}: -0.0 at a pruned entry"
+                assert torch.isfinite(p).all(), f"{n}: a poisoned entry leaked into kept weights"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_zero_pruned_matches_masked_fill_bit_for_bit(dtype, layout):
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(6, 7, generator=g).to(dtype)
+    t[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(dtype)
+    keep = torch.rand(6, 7, generator=g) > 0.5
+    keep[0, :4] = False
+    if layout == "transposed":
+        t, keep = t.T, keep.T
+    want = t.masked_fill(~keep, 0)
+    vlticket.core.attach._zero_pruned(t, keep)
+    assert torch.equal(t, want)
+    assert not torch.signbit(t[~keep]).any()

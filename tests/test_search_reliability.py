@@ -408,7 +408,7 @@ def test_non_finite_metric_is_refused_before_any_write(tmp_path, bad):
 
 # -- 8. an empty prunable set ---------------------------------------------------------------------
 def test_model_without_prunable_weights_is_refused(tmp_path):
-    with pytest.raises(ArgumentError, match="no prunable weights"):
+    with pytest.raises(ArgumentError, match="nothing to prune"):
         TicketSearch(nn.Sequential(nn.ReLU()), sparsity=0.5, run_dir=tmp_path, progress=False)
     assert not list(tmp_path.iterdir())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
@@ -9,10 +10,23 @@ import torch
 from torch import nn
 
 from .errors import ArgumentError, NameMismatchError, ShapeMismatchError, VlticketError
-from .registry import Naming, resolve
+from .registry import Naming, detect, is_family, resolve
 
+logger = logging.getLogger("vlticket")
+
+
+class _Auto:
+    """The default ``adapter=`` of functions that choose weights: the model's family adapter if
+    exactly one registered family fits, else every 2-D+ float parameter."""
+
+    def __repr__(self) -> str:
+        return "'auto'"
+
+
+AUTO: Any = _Auto()
 Weights = Union[nn.Module, Mapping[str, torch.Tensor]]  # noqa: UP007 (runtime alias, py3.10)
-AdapterArg = Union[Naming, str, None]  # noqa: UP007 (runtime alias, py3.10)
+AdapterArg = Union[Naming, str, None, _Auto]  # noqa: UP007 (runtime alias, py3.10)
+_announced: set[str] = set()
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -75,14 +89,49 @@ def named_tensors(
     )
 
 
+def auto_adapter(weights: Any, adapter: AdapterArg) -> Naming | None:
+    """``adapter`` resolved; :data:`AUTO` becomes the family adapter of a module whose names
+    fit exactly one registered family (announced once per family), else ``None``.
+
+    A mapping is never auto-adapted: its names are already the ones the user chose.
+    """
+    if adapter is not AUTO:
+        return resolve(adapter)
+    if not isinstance(weights, nn.Module):
+        return None
+    found = detect(n for n, _ in unwrap(weights).named_parameters())
+    if found is None or not is_family(found):
+        return None
+    if found.name not in _announced:
+        _announced.add(found.name)
+        logger.info(
+            "vlticket: pruning the %r adapter's prunable set; pass adapter=None for every 2-D "
+            "float parameter",
+            found.name,
+        )
+    return found
+
+
 def prunable_tensors(
     weights: Any, *, adapter: AdapterArg = None, param: str = "weights"
 ) -> dict[str, torch.Tensor]:
     """The tensors a mask covers by default: the adapter's prunable set, every floating-point
-    parameter with two or more dimensions of a module, or every tensor of a mapping."""
+    parameter with two or more dimensions of a module, or every tensor of a mapping.
+
+    Raises ArgumentError when that set is empty: a mask over nothing is never what was meant.
+    """
+    adapter = auto_adapter(weights, adapter)
     if adapter is None and isinstance(weights, nn.Module):
-        return default_prunable(weights)
-    return named_tensors(weights, adapter=adapter, param=param)
+        tensors = default_prunable(weights)
+        what = "has no floating-point parameter with two or more dimensions"
+    else:
+        tensors = named_tensors(weights, adapter=adapter, param=param)
+        what = "gives no tensor" if adapter is None else f"has no prunable weight for {adapter!r}"
+    if not tensors:
+        raise ArgumentError(
+            f"`{param}` {what}: nothing to prune (build an empty mask explicitly with Mask({{}}))"
+        )
+    return tensors
 
 
 def preview(names: Iterable[str], limit: int = 5) -> str:

@@ -13,8 +13,10 @@ train(model, optimizer)
 handle.remove()
 ```
 
-``adapter`` (optional) names the prunable weights as the ticket does; ``init`` always uses the
-model's own parameter names.
+``adapter`` names the prunable weights as the ticket does (by default the adapter the ticket
+recorded); ``init`` always uses the model's own parameter names. Every function checks the
+ticket, ``init`` (and ``foreign``) against the model before it writes anything: on a mismatch it
+raises and the model is untouched.
 """
 
 from __future__ import annotations
@@ -22,18 +24,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._naming import AdapterArg, model_state
+from ._naming import AUTO, AdapterArg, model_state
 from .core import Checkpoint, Mask, MaskHandle, prune_random
 from .errors import ArgumentError
+from .registry import Naming
 
 
-def _check(model: nn.Module, ticket: Mask, init: Checkpoint) -> None:
+def _check(
+    model: nn.Module,
+    ticket: Mask,
+    init: Checkpoint,
+    adapter: AdapterArg,
+    foreign: Checkpoint | None = None,
+) -> Naming | None:
+    """Check every argument against the model, before the first write; return the adapter."""
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
     if not isinstance(ticket, Mask):
         raise ArgumentError(f"`ticket`: expected a vlticket.Mask, found {type(ticket).__name__}")
     if not isinstance(init, Checkpoint):
         raise ArgumentError(f"`init`: expected a vlticket.Checkpoint, found {type(init).__name__}")
+    naming = ticket.naming(model, adapter)
+    init.check(model_state(model))
+    ticket.check(model, adapter=naming)
+    if foreign is not None:
+        foreign.check(model, adapter=naming)
+    return naming
 
 
 def _reset(model: nn.Module, init: Checkpoint) -> None:
@@ -64,25 +80,28 @@ def random_mask(ticket: Mask, *, per_tensor: bool = False, seed: int | None = No
     """
     if not isinstance(ticket, Mask):
         raise ArgumentError(f"`ticket`: expected a vlticket.Mask, found {type(ticket).__name__}")
+    if not len(ticket):
+        return Mask({}, adapter=ticket.adapter)
     shapes = _shapes_only(ticket)
     if per_tensor:
         out = prune_random(shapes, like=ticket, seed=seed)
     else:
         out = prune_random(shapes, sparsity=ticket.num_pruned / max(1, ticket.numel), seed=seed)
-    return out.to(next(iter(ticket.values())).device) if len(ticket) else out
+    out.adapter = ticket.adapter
+    return out.to(next(iter(ticket.values())).device)
 
 
 def retrain(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = AUTO
 ) -> MaskHandle:
     """The ticket itself: reset to ``init`` (θ0 or θi) and attach ``ticket``."""
-    _check(model, ticket, init)
+    naming = _check(model, ticket, init, adapter)
     _reset(model, init)
-    return ticket.attach(model, adapter=adapter)
+    return ticket.attach(model, adapter=naming)
 
 
 def transfer(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = AUTO
 ) -> MaskHandle:
     """A ticket found on task S re-trained on task T: ``model`` is T's model (its own head),
     ``init`` its starting weights; the ticket's names must be T's prunable names (use the
@@ -97,17 +116,17 @@ def random_pruning(
     *,
     per_tensor: bool = False,
     seed: int | None = None,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> MaskHandle:
     """Random pruning at the ticket's sparsity, on ``init``; see :func:`random_mask`."""
-    _check(model, ticket, init)
+    naming = _check(model, ticket, init, adapter)
     mask = random_mask(ticket, per_tensor=per_tensor, seed=seed)
     _reset(model, init)
-    return mask.attach(model, adapter=adapter)
+    return mask.attach(model, adapter=naming)
 
 
 def complement(
-    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = None
+    model: nn.Module, ticket: Mask, init: Checkpoint, *, adapter: AdapterArg = AUTO
 ) -> MaskHandle:
     """The complement subnetwork ``~ticket``: exactly the weights the ticket pruned."""
     return retrain(model, ~ticket, init, adapter=adapter)
@@ -119,17 +138,17 @@ def shuffled_weights(
     init: Checkpoint,
     *,
     seed: int | None = None,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> MaskHandle:
     """The ticket on θ0'': ``init`` with each masked tensor's values shuffled within it.
 
     Only the tensors the ticket covers are shuffled; the rest (embeddings, norms, head) stay.
     """
-    _check(model, ticket, init)
+    naming = _check(model, ticket, init, adapter)
     _reset(model, init)
-    covered = Checkpoint.capture(model, names=list(ticket), adapter=adapter)
-    covered.shuffled(seed).restore(model, adapter=adapter)
-    return ticket.attach(model, adapter=adapter)
+    covered = Checkpoint.capture(model, names=list(ticket), adapter=naming)
+    covered.shuffled(seed).restore(model, adapter=naming)
+    return ticket.attach(model, adapter=naming)
 
 
 def foreign_weights(
@@ -138,7 +157,7 @@ def foreign_weights(
     init: Checkpoint,
     foreign: Checkpoint,
     *,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> MaskHandle:
     """The ticket on θ0': ``init``, then ``foreign``'s tensors (e.g. BERT's) in their place.
 
@@ -146,14 +165,14 @@ def foreign_weights(
         foreign: weights under the ticket's names, e.g.
             ``Checkpoint(vlticket.adapters.bert_to_vl(bert.state_dict(), model))``.
     """
-    _check(model, ticket, init)
     if not isinstance(foreign, Checkpoint):
         raise ArgumentError(
             f"`foreign`: expected a vlticket.Checkpoint, found {type(foreign).__name__}"
         )
+    naming = _check(model, ticket, init, adapter, foreign)
     _reset(model, init)
-    foreign.restore(model, adapter=adapter)
-    return ticket.attach(model, adapter=adapter)
+    foreign.restore(model, adapter=naming)
+    return ticket.attach(model, adapter=naming)
 
 
 __all__ = [

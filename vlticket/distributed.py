@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from ._naming import AdapterArg, Weights
+from ._naming import AUTO, AdapterArg, Weights
 from .core import Mask
 from .core.selection import TensorPart, check_request, local_reduce, select, targets
 from .errors import ArgumentError, MismatchError
@@ -135,7 +135,7 @@ def prune_magnitude_distributed(
     mask: Mask | None = None,
     scope: str = "global",
     largest: bool = False,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
     group: dist.ProcessGroup | None = None,
 ) -> Mask:
     """:func:`vlticket.prune_magnitude` across the ranks of ``group``; call it on every rank.

@@ -138,6 +138,42 @@ def find(name: str | None, options: Iterable[str] = ()) -> AdapterLike | None:
         return None
 
 
+def is_family(adapter: object) -> bool:
+    """Whether ``adapter`` is a model family's table (it has a ``signature`` of names every
+    model of the family has), rather than name patterns that may fit any model."""
+    return isinstance(getattr(adapter, "signature", None), tuple) and hasattr(adapter, "parts")
+
+
+def detect(names: Iterable[str]) -> AdapterLike | None:
+    """The one registered adapter whose ``matches`` fits these parameter names, or ``None``.
+
+    A family table wins over broad pattern adapters that also fit, and a V+L family over a
+    ``fallback`` family (BERT) whose layer names it shares; two families fitting, or two
+    pattern adapters and no family, give ``None`` (ambiguous).
+
+    Example:
+        >>> import vlticket
+        >>> vlticket.registry.detect(["fc.weight", "fc.bias"]) is None
+        True
+    """
+    names = list(names)
+    fits = [a for a in registered() if a.matches(names)]
+    families = [a for a in fits if is_family(a)]
+    if len(families) > 1 and any(not getattr(a, "fallback", False) for a in families):
+        # A fallback family (BERT) yields to the V+L families built on its layer names.
+        fits = [a for a in fits if not getattr(a, "fallback", False)]
+        families = [a for a in families if not getattr(a, "fallback", False)]
+    if len(fits) > 1 and len(families) == 1:
+        fits = families  # a broad pattern adapter does not hide a model family
+    return fits[0] if len(fits) == 1 else None
+
+
+def fitting(names: Iterable[str]) -> list[AdapterLike]:
+    """Every registered adapter whose ``matches`` fits these names (for error messages)."""
+    names = list(names)
+    return [a for a in registered() if a.matches(names)]
+
+
 def resolve(adapter: Naming | str | None) -> Naming | None:
     """An adapter object, or a registered adapter's name such as ``"vilt"``; ``None`` stays."""
     if adapter is None or isinstance(adapter, Naming):
@@ -154,8 +190,11 @@ __all__ = [
     "AdapterLike",
     "Naming",
     "available",
+    "detect",
     "find",
+    "fitting",
     "get",
+    "is_family",
     "register_adapter",
     "registered",
     "resolve",

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from ..registry import AdapterLike, get, registered
+from ..registry import AdapterLike, detect, fitting, get, registered
 from .base import Adapter, UnknownModelError, model_names
 
 HOW_TO = (
@@ -37,25 +37,19 @@ def adapter_for(model_or_state_dict: nn.Module | Mapping[str, Any], **options: b
         >>> mask = vlticket.Mask.ones(model, adapter=adapter)            # doctest: +SKIP
     """
     names = list(model_names(model_or_state_dict))
-    adapters = registered()
-    fits = [a for a in adapters if a.matches(names)]
-    families = [a for a in fits if isinstance(a, Adapter)]
-    if len(families) > 1 and any(not a.fallback for a in families):
-        families = [a for a in families if not a.fallback]  # BERT yields to LXMERT, UNITER
-        fits = [a for a in fits if not isinstance(a, Adapter) or not a.fallback]
-    if len(fits) > 1 and len(families) == 1:
-        fits = families  # a broad pattern adapter does not hide a model family
-    if len(fits) != 1:
-        listing = "; ".join(f"{a.name!r}: {_description(a)}" for a in adapters)
-        found = (
+    found = detect(names)
+    if found is None:
+        fits = fitting(names)
+        listing = "; ".join(f"{a.name!r}: {_description(a)}" for a in registered())
+        what = (
             "no registered adapter fits"
             if not fits
             else f"several adapters {[a.name for a in fits]} fit"
         )
         raise UnknownModelError(
-            f"{found} this model (first names: {names[:3]}). Known adapters: {listing}. {HOW_TO}"
+            f"{what} this model (first names: {names[:3]}). Known adapters: {listing}. {HOW_TO}"
         )
-    return get(fits[0].name, **options) if options else fits[0]
+    return get(found.name, **options) if options else found
 
 
 def _description(adapter: AdapterLike) -> str:

@@ -6,16 +6,27 @@ A mask is plain data. It never reparametrises a model: ``apply`` zeroes weights 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from .._files import read_header
-from .._naming import AdapterArg, Weights, check_layout, named_tensors, prunable_tensors
-from ..errors import ArgumentError
+from .._naming import (
+    AUTO,
+    AdapterArg,
+    Weights,
+    auto_adapter,
+    check_layout,
+    named_tensors,
+    prunable_tensors,
+    unwrap,
+)
+from ..errors import ArgumentError, FileFormatError, NameMismatchError
+from ..registry import Naming, available, find
 from . import mask_file
 from ._passes import count_true
 from .attach import MaskHandle
@@ -38,12 +49,54 @@ def _validated(name: Any, value: Any) -> torch.Tensor:
     return value
 
 
+class AdapterRecord(NamedTuple):
+    """How a mask's names were made: a registered adapter's name and its options."""
+
+    name: str
+    options: tuple[str, ...] = ()
+
+
+def record_of(adapter: Naming | None) -> AdapterRecord | None:
+    """The record of a registered adapter (``None`` for no adapter or an unregistered one)."""
+    name = getattr(adapter, "name", None)
+    if not isinstance(name, str) or name not in available():
+        return None
+    return AdapterRecord(name, tuple(sorted(str(o) for o in getattr(adapter, "options", ()))))
+
+
+def _checked_record(value: Any) -> AdapterRecord | None:
+    if value is None:
+        return None
+    try:
+        name, options = value
+        record = AdapterRecord(name, tuple(options))
+    except (TypeError, ValueError):
+        record = None
+    if record is None or not isinstance(name, str) or not all(isinstance(o, str) for o in options):
+        raise ArgumentError(f"`adapter`: expected (name, options) or None, found {value!r}")
+    return record
+
+
+def _suffix_hint(names: Iterable[str], module: Any) -> str:
+    """How to fix names that differ only by a prefix (a mask made through an adapter)."""
+    if not isinstance(module, nn.Module):
+        return ""
+    params = [n for n, _ in unwrap(module).named_parameters()]
+    names = list(names)
+    if names and all(any(p.endswith("." + n) for p in params) for n in names):
+        return "; the model's names end with the mask's: pass adapter=vlticket.adapter_for(model)"
+    return ""
+
+
 class Mask(MutableMapping[str, torch.Tensor]):
     """A binary mask over named weights: ``name -> torch.bool tensor``, True = weight kept.
 
     Args:
         tensors: mapping of parameter name to a ``torch.bool`` tensor. Tensors are stored as
             given (not copied); every value is validated.
+        adapter: how the names were made, ``(adapter name, options)``, or ``None`` for plain
+            parameter names. Pruning with ``adapter=`` records it; ``apply``, ``attach`` and
+            ``save`` use it. It is not part of equality.
 
     Example:
         >>> import torch, vlticket
@@ -56,7 +109,13 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     __hash__ = None  # mutable
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+        *,
+        adapter: AdapterRecord | tuple[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.adapter = _checked_record(adapter)
         self._data: dict[str, torch.Tensor] = {}
         for name, value in (tensors or {}).items():
             self[name] = value
@@ -82,21 +141,28 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
-    def ones(cls, weights: Weights, *, adapter: AdapterArg = None) -> Mask:
+    def ones(cls, weights: Weights, *, adapter: AdapterArg = AUTO) -> Mask:
         """A mask keeping every weight of ``weights``.
 
         Args:
-            weights: a mapping of name to tensor, or an ``nn.Module`` (then every floating-point
-                parameter with two or more dimensions, or the adapter's prunable set).
-            adapter: optional adapter whose ``prunable(model)`` names the tensors.
+            weights: a mapping of name to tensor, or an ``nn.Module`` (then the adapter's
+                prunable set, or every floating-point parameter with two or more dimensions).
+            adapter: the adapter whose ``prunable(model)`` names the tensors. By default a
+                module of a registered family (LXMERT, UNITER, ViLT ...) uses its family's
+                adapter; ``None`` takes every 2-D+ float parameter.
+
+        Raises:
+            ArgumentError: there is no weight to cover.
         """
-        tensors = prunable_tensors(weights, adapter=adapter)
+        naming = auto_adapter(weights, adapter)
+        tensors = prunable_tensors(weights, adapter=naming)
         return cls(
             {
                 # A model built on the meta device gets a real mask, on the CPU.
                 n: torch.ones(t.shape, dtype=torch.bool, device="cpu" if t.is_meta else t.device)
                 for n, t in tensors.items()
-            }
+            },
+            adapter=record_of(naming),
         )
 
     @classmethod
@@ -116,11 +182,11 @@ class Mask(MutableMapping[str, torch.Tensor]):
         return cls(out)
 
     def clone(self) -> Mask:
-        return Mask({n: t.clone() for n, t in self._data.items()})
+        return Mask({n: t.clone() for n, t in self._data.items()}, adapter=self.adapter)
 
     def to(self, device: torch.device | str) -> Mask:
         """The same mask with every tensor on ``device``."""
-        return Mask({n: t.to(device) for n, t in self._data.items()})
+        return Mask({n: t.to(device) for n, t in self._data.items()}, adapter=self.adapter)
 
     # -- statistics -------------------------------------------------------------------------
     @property
@@ -165,15 +231,23 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     def __and__(self, other: Mask) -> Mask:
         other = self._check_same(other, "&")
-        return Mask({n: t & other[n].to(t.device) for n, t in self._data.items()})
+        out = {n: t & other[n].to(t.device) for n, t in self._data.items()}
+        return Mask(out, adapter=self._shared_record(other))
 
     def __or__(self, other: Mask) -> Mask:
         other = self._check_same(other, "|")
-        return Mask({n: t | other[n].to(t.device) for n, t in self._data.items()})
+        out = {n: t | other[n].to(t.device) for n, t in self._data.items()}
+        return Mask(out, adapter=self._shared_record(other))
+
+    def _shared_record(self, other: Mask) -> AdapterRecord | None:
+        # Same names, so one record serves both; two different records cannot both be right.
+        if self.adapter is None or other.adapter is None:
+            return self.adapter or other.adapter
+        return self.adapter if self.adapter == other.adapter else None
 
     def __invert__(self) -> Mask:
         """The complement subnetwork: kept weights become pruned and vice versa."""
-        return Mask({n: ~t for n, t in self._data.items()})
+        return Mask({n: ~t for n, t in self._data.items()}, adapter=self.adapter)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mask):
@@ -186,6 +260,15 @@ class Mask(MutableMapping[str, torch.Tensor]):
         )
 
     # -- in place on a model ----------------------------------------------------------------
+    def naming(self, module_or_weights: Any, adapter: AdapterArg = AUTO) -> Naming | None:
+        """The adapter to match this mask's names with: ``adapter`` if given, else (for a
+        module) the one the mask recorded, found in the registry; ``None`` = parameter names."""
+        if adapter is not AUTO:
+            return auto_adapter(module_or_weights, adapter)
+        if self.adapter is None or not isinstance(module_or_weights, nn.Module):
+            return None
+        return find(self.adapter.name, self.adapter.options)
+
     def _targets(self, module_or_weights: Weights, adapter: AdapterArg) -> dict:
         if isinstance(module_or_weights, Mapping) and not isinstance(
             module_or_weights, MutableMapping
@@ -195,11 +278,22 @@ class Mask(MutableMapping[str, torch.Tensor]):
                 "is never masked in place; use `checkpoint.restore(model, mask)` to rewind a "
                 "model and apply the mask"
             )
-        targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
-        check_layout(self.shapes(), targets, what="the mask", where="the model", exact=False)
+        naming = self.naming(module_or_weights, adapter)
+        targets = named_tensors(module_or_weights, adapter=naming, param="module_or_weights")
+        try:
+            check_layout(self.shapes(), targets, what="the mask", where="the model", exact=False)
+        except NameMismatchError as e:
+            hint = _suffix_hint(self._data, module_or_weights) if naming is None else ""
+            if not hint:
+                raise
+            raise NameMismatchError(str(e) + hint) from None
         return {n: targets[n] for n in self._data}
 
-    def apply(self, module_or_weights: Weights, *, adapter: AdapterArg = None) -> None:
+    def check(self, module_or_weights: Weights, *, adapter: AdapterArg = AUTO) -> None:
+        """Raise as :meth:`apply` would on a mismatch, without writing anything."""
+        self._targets(module_or_weights, adapter)
+
+    def apply(self, module_or_weights: Weights, *, adapter: AdapterArg = AUTO) -> None:
         """Zero the pruned weights in place.
 
         Every name and shape is checked before anything is written: on a mismatch a
@@ -207,7 +301,8 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
         Args:
             module_or_weights: an ``nn.Module`` (masked by parameter name) or a mapping.
-            adapter: match the mask's canonical names through this adapter.
+            adapter: match the mask's canonical names through this adapter; by default the
+                one the mask recorded (see ``Mask.adapter``), ``None`` for parameter names.
         """
         targets = self._targets(module_or_weights, adapter)
         with torch.no_grad():
@@ -219,7 +314,7 @@ class Mask(MutableMapping[str, torch.Tensor]):
         module: Weights,
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        adapter: AdapterArg = None,
+        adapter: AdapterArg = AUTO,
     ) -> MaskHandle:
         """Keep pruned weights at exactly zero while the user's own loop trains ``module``.
 
@@ -245,14 +340,29 @@ class Mask(MutableMapping[str, torch.Tensor]):
     def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
         """Write the mask as safetensors, 1 bit per weight, atomically (see ``mask_file``).
 
-        ``metadata`` (str to str) is stored in the file's header beside the shapes and format.
+        ``metadata`` (str to str) is stored in the file's header beside the shapes and format,
+        with the recorded adapter (keys ``adapter`` and ``adapter_options``, a JSON list).
         """
-        mask_file.save(self._data, path, metadata)
+        meta = dict(metadata or {})
+        if self.adapter is not None:
+            meta.setdefault("adapter", self.adapter.name)
+            meta.setdefault("adapter_options", json.dumps(list(self.adapter.options)))
+        mask_file.save(self._data, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Mask:
         """Read a mask written by :meth:`save`, validating the header before reading data."""
-        return cls(mask_file.load(path))
+        shapes_meta = read_header(path)[1]
+        record = None
+        if shapes_meta.get("adapter"):
+            try:
+                options = json.loads(shapes_meta.get("adapter_options", "[]"))
+                record = _checked_record((shapes_meta["adapter"], options))
+            except (ValueError, ArgumentError) as e:
+                raise FileFormatError(
+                    f"{str(path)!r}: mask metadata has no valid 'adapter_options'"
+                ) from e
+        return cls(mask_file.load(path), adapter=record)
 
     @staticmethod
     def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -260,4 +370,4 @@ class Mask(MutableMapping[str, torch.Tensor]):
         return read_header(path)[1]
 
 
-__all__ = ["Mask"]
+__all__ = ["AdapterRecord", "Mask", "record_of"]

@@ -18,11 +18,27 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .._naming import AdapterArg, Weights, check_layout, named_tensors
+from .._naming import AUTO, AdapterArg, Weights, auto_adapter, check_layout, named_tensors
 from ..errors import ArgumentError, ShapeMismatchError
+from ..registry import Naming, resolve
 from ._passes import count_true
-from .mask import Mask
-from .selection import TensorPart, check_request, check_scope, counts_to_prune, select, targets
+from .mask import Mask, record_of
+from .selection import (
+    TensorPart,
+    check_request,
+    check_scope,
+    counts_to_prune,
+    scope_groups,
+    select,
+    targets,
+)
+
+
+def _naming(weights: Weights, mask: Mask | None, adapter: AdapterArg) -> Naming | None:
+    """The adapter that names the weights: given, recorded by ``mask``, or auto-detected."""
+    if adapter is AUTO and isinstance(mask, Mask) and mask.adapter is not None:
+        return mask.naming(weights)
+    return auto_adapter(weights, adapter)
 
 
 # -- public API -----------------------------------------------------------------------------
@@ -34,21 +50,27 @@ def prune_magnitude(
     mask: Mask | None = None,
     scope: str = "global",
     largest: bool = False,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> Mask:
     """Prune the weights of lowest magnitude; return a new Mask over the same names.
 
     Args:
-        weights: mapping of name to tensor, or an ``nn.Module`` (every floating-point parameter
-            with two or more dimensions, or ``adapter.prunable(module)``).
+        weights: mapping of name to tensor, or an ``nn.Module`` (``adapter.prunable(module)``,
+            or every floating-point parameter with two or more dimensions).
         sparsity: target fraction pruned over all given weights, in [0, 1).
         amount: fraction of the currently kept weights to prune now, in [0, 1).
             Give exactly one of ``sparsity`` and ``amount``.
         mask: the current mask; its pruned weights stay pruned. Default: all kept.
         scope: ``"global"`` ranks all tensors together (the study's IMP); ``"tensor"`` prunes
-            each tensor on its own.
+            each tensor on its own; ``"stream"`` and ``"layer"`` prune each of the adapter's
+            streams (language / vision / cross) or transformer layers to the same sparsity.
         largest: prune the largest magnitudes instead (the high-magnitude baseline).
-        adapter: name the tensors through this adapter.
+        adapter: name the tensors through this adapter (recorded in the mask). By default a
+            module of a registered family uses its family's adapter (logged once), and the
+            adapter ``mask`` recorded wins; ``None`` prunes every 2-D+ float parameter.
+
+    Raises:
+        ArgumentError: bad fractions or scope, or no weight to prune.
 
     Example:
         >>> import torch, vlticket
@@ -57,9 +79,14 @@ def prune_magnitude(
         [False, True, False, True]
     """
     check_request(sparsity, amount, scope)
-    tensors, keeps = targets(weights, mask, adapter)
+    naming = _naming(weights, mask, adapter)
+    tensors, keeps = targets(weights, mask, naming)
+    groups = scope_groups(scope, naming, list(tensors))
     parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
-    return Mask(select(parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest))
+    out = select(
+        parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest, groups=groups
+    )
+    return Mask(out, adapter=record_of(naming))
 
 
 def prune_by_score(
@@ -70,6 +97,7 @@ def prune_by_score(
     mask: Mask | None = None,
     scope: str = "global",
     largest: bool = False,
+    adapter: Naming | str | None = None,
 ) -> Mask:
     """Prune the entries of lowest score; return a Mask over the scores' names.
 
@@ -79,6 +107,8 @@ def prune_by_score(
     Args:
         scores: name -> non-negative, finite floating-point tensor (the weight's shape).
         sparsity, amount, mask, scope, largest: as in :func:`prune_magnitude`.
+        adapter: the adapter whose canonical names key ``scores``: it groups them for
+            ``scope="stream"``/``"layer"`` and is recorded in the mask.
 
     Example:
         >>> import torch, vlticket
@@ -87,7 +117,9 @@ def prune_by_score(
         [True, False, False, True]
     """
     check_request(sparsity, amount, scope)
-    tensors, keeps = targets(named_tensors(scores, param="scores"), mask, None)
+    naming = resolve(adapter)
+    tensors, keeps = targets(named_tensors(scores, param="scores"), mask, None, param="scores")
+    groups = scope_groups(scope, naming, list(tensors))
     for name, t in tensors.items():
         if (t < 0).any():
             raise ArgumentError(
@@ -95,7 +127,10 @@ def prune_by_score(
                 "non-negative (take `.abs()`, or shift them)"
             )
     parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
-    return Mask(select(parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest))
+    out = select(
+        parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest, groups=groups
+    )
+    return Mask(out, adapter=record_of(naming))
 
 
 def prune_random(
@@ -107,7 +142,7 @@ def prune_random(
     scope: str = "global",
     like: Mask | None = None,
     seed: int | None = None,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> Mask:
     """Prune weights uniformly at random: the study's random-pruning baseline.
 
@@ -128,8 +163,10 @@ def prune_random(
         30
     """
     check_scope(scope)
-    tensors, keeps = targets(weights, mask, adapter)
+    naming = _naming(weights, mask, adapter)
+    tensors, keeps = targets(weights, mask, naming)
     names = list(tensors)
+    groups = scope_groups(scope, naming, names)
     numel = [tensors[n].numel() for n in names]
     kept = [count_true(keeps[n]) if n in keeps else tensors[n].numel() for n in names]
     rng = np.random.default_rng(seed)
@@ -154,6 +191,21 @@ def prune_random(
             counts = counts_to_prune(
                 numel, kept, sparsity, amount, [f"tensor {n!r}" for n in names]
             )
+        elif groups:
+            at = {n: i for i, n in enumerate(names)}
+            counts = [0] * len(names)
+            for group in groups:
+                idx = [at[n] for n in group]
+                g_kept = [kept[i] for i in idx]
+                (total,) = counts_to_prune(
+                    [sum(numel[i] for i in idx)],
+                    [sum(g_kept)],
+                    sparsity,
+                    amount,
+                    [f"group {group[0]!r}"],
+                )
+                for i, c in zip(idx, _split_uniformly(rng, g_kept, total), strict=True):
+                    counts[i] = c
         else:
             (total,) = counts_to_prune([sum(numel)], [sum(kept)], sparsity, amount, ["`weights`"])
             counts = _split_uniformly(rng, kept, total)
@@ -171,7 +223,7 @@ def prune_random(
             chosen = torch.from_numpy(rng.choice(count_true(keep), count, replace=False))
             keep[chosen if eligible is None else eligible[chosen]] = False
         out[n] = keep.reshape(t.shape).to(t.device)
-    return Mask(out)
+    return Mask(out, adapter=record_of(naming))
 
 
 def _split_uniformly(rng: np.random.Generator, kept: list[int], total: int) -> list[int]:

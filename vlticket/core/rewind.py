@@ -164,6 +164,46 @@ class Checkpoint(Mapping[str, torch.Tensor]):
             >>> theta.restore(torch.nn.Sequential(torch.nn.Linear(2, 2)), partial=True)
             ['0.bias']
         """
+        targets, data, floating = self._checked(module_or_weights, mask, adapter, strict, partial)
+        with torch.no_grad():
+            for name, value in data.items():
+                targets[name].copy_(value)
+        if mask is not None:
+            mask.apply({n: targets[n] for n in mask})
+        if not partial:
+            return None
+        kept_own = [n for n in floating if n not in data]
+        if kept_own:
+            logger.info(
+                "restore: restored %d tensors; %d model tensors kept their values: %s",
+                len(data),
+                len(kept_own),
+                kept_own if len(kept_own) <= 6 else [*kept_own[:6], "..."],
+            )
+        return kept_own
+
+    def check(
+        self,
+        module_or_weights: Weights,
+        mask: Mask | None = None,
+        *,
+        adapter: AdapterArg = None,
+        strict: bool = False,
+        partial: bool = False,
+    ) -> None:
+        """Raise as :meth:`restore` would on a mismatch, without writing anything."""
+        self._checked(module_or_weights, mask, adapter, strict, partial)
+
+    def _checked(
+        self,
+        module_or_weights: Weights,
+        mask: Mask | None,
+        adapter: AdapterArg,
+        strict: bool,
+        partial: bool,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's tensors, the checkpoint's tensors to copy, and the model's floating
+        tensors, every name and shape checked."""
         if strict and partial:
             raise ArgumentError("`strict` and `partial` exclude each other: choose one")
         targets = named_tensors(module_or_weights, adapter=adapter, param="module_or_weights")
@@ -188,22 +228,7 @@ class Checkpoint(Mapping[str, torch.Tensor]):
                     f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}"
                 )
             check_layout(mask.shapes(), targets, what="`mask`", where="the model", exact=False)
-        with torch.no_grad():
-            for name, value in data.items():
-                targets[name].copy_(value)
-        if mask is not None:
-            mask.apply({n: targets[n] for n in mask})
-        if not partial:
-            return None
-        kept_own = [n for n in floating if n not in data]
-        if kept_own:
-            logger.info(
-                "restore: restored %d tensors; %d model tensors kept their values: %s",
-                len(data),
-                len(kept_own),
-                kept_own if len(kept_own) <= 6 else [*kept_own[:6], "..."],
-            )
-        return kept_own
+        return targets, data, floating
 
     def shuffled(self, seed: int | None = None) -> Checkpoint:
         """The θ0'' baseline: every tensor's values randomly permuted within that tensor."""

@@ -13,14 +13,17 @@ How many entries are pruned is exact:
   round-half-to-even, as ``torch.nn.utils.prune`` does (IMP's 10% per round is ``amount=0.1``);
 * ``sparsity=s`` prunes until ``round(s * numel)`` entries are pruned in all.
 
-With ``scope="tensor"`` the same rule applies to each tensor on its own. Entries already pruned
+With ``scope="tensor"`` the same rule applies to each tensor on its own, with ``scope="stream"``
+or ``scope="layer"`` to each of an adapter's groups (``adapter.groups(names, by=scope)``): a
+language stream pre-trained and vision/cross streams freshly initialised have magnitudes of
+different scales, and a global threshold would prune the fresh ones far more. Entries already pruned
 stay pruned. Ties are broken by the order of the names, then by position in the tensor
 (row-major): the earlier entry is pruned first, so the result is the same on every machine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +31,13 @@ import torch
 
 from .._naming import AdapterArg, Weights, check_layout, prunable_tensors
 from ..errors import ArgumentError
+from ..registry import Naming
 from ._passes import KeySpace, Piece, Reduce, count_true, local_reduce
 from ._select import keep_smallest_pruned
 from .mask import Mask
 
-SCOPES = ("global", "tensor")
+SCOPES = ("global", "tensor", "stream", "layer")
+GROUPED_SCOPES = ("stream", "layer")  # one pool per group of the adapter's partition
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,27 @@ def check_scope(scope: str) -> None:
         raise ArgumentError(f"`scope`: expected one of {SCOPES}, found {scope!r}")
 
 
+def scope_groups(scope: str, adapter: Naming | None, names: Sequence[str]) -> list[list[str]]:
+    """The pools of a grouped scope: ``adapter.groups(names, by=scope)``, checked to be a
+    partition of ``names``; ``[]`` for "global" and "tensor"."""
+    check_scope(scope)
+    if scope not in GROUPED_SCOPES:
+        return []
+    if not callable(getattr(adapter, "groups", None)):
+        raise ArgumentError(
+            f"`scope`={scope!r} prunes each of an adapter's groups to the same sparsity and needs "
+            "an adapter with `groups` (a model of a registered family, or adapter='lxmert' ...); "
+            f"found adapter {adapter!r}; use scope='global' or scope='tensor' without one"
+        )
+    groups = [list(g) for g in adapter.groups(list(names), by=scope).values()]
+    flat = [n for g in groups for n in g]
+    if sorted(flat) != sorted(names):
+        raise ArgumentError(
+            f"`scope`={scope!r}: {adapter!r}.groups(by={scope!r}) is not a partition of the names"
+        )
+    return [g for g in groups if g]
+
+
 def fraction(value: float, param: str) -> float:
     """``value`` as a float in [0, 1), or an ArgumentError naming ``param``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -78,14 +104,14 @@ def fraction(value: float, param: str) -> float:
 
 
 def targets(
-    weights: Weights, mask: Mask | None, adapter: AdapterArg
+    weights: Weights, mask: Mask | None, adapter: AdapterArg, param: str = "weights"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The floating-point tensors to prune and their current keep-masks (on their devices)."""
-    tensors = prunable_tensors(weights, adapter=adapter)
+    tensors = prunable_tensors(weights, adapter=adapter, param=param)
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ArgumentError(
-                f"`weights[{name!r}]`: expected a floating-point tensor, found {t.dtype}"
+                f"`{param}[{name!r}]`: expected a floating-point tensor, found {t.dtype}"
             )
     if mask is None:
         return tensors, {}
@@ -126,10 +152,12 @@ def select(
     scope: str = "global",
     largest: bool = False,
     reduce: Reduce = local_reduce,
+    groups: Sequence[Sequence[str]] = (),
 ) -> dict[str, torch.Tensor]:
     """Keep-masks pruning the lowest scores of ``parts`` (the highest with ``largest``).
 
-    Every rank calls it with the same arguments; counts are combined by ``reduce``.
+    Every rank calls it with the same arguments; counts are combined by ``reduce``. A grouped
+    scope ("stream", "layer") prunes each of ``groups`` (see :func:`scope_groups`) on its own.
     """
     check_request(sparsity, amount, scope)
     names = list(parts)
@@ -147,6 +175,16 @@ def select(
         labels = [f"tensor {n!r}" for n in names]
         counts = counts_to_prune(numel, kept, sparsity, amount, labels)
         pools = [([n], c, e) for n, c, e in zip(names, counts, kept, strict=True)]
+    elif scope in GROUPED_SCOPES:
+        if not groups:
+            raise ArgumentError(f"`scope`={scope!r} needs the adapter's groups")
+        index = {n: i for i, n in enumerate(names)}
+        pools = []
+        for group in groups:
+            g_numel = sum(numel[index[n]] for n in group)
+            g_kept = sum(kept[index[n]] for n in group)
+            (c,) = counts_to_prune([g_numel], [g_kept], sparsity, amount, [f"group {group[0]!r}"])
+            pools.append((list(group), c, g_kept))
     else:
         (count,) = counts_to_prune([sum(numel)], [sum(kept)], sparsity, amount, ["`weights`"])
         pools = [(names, count, sum(kept))]
@@ -186,4 +224,14 @@ def _select_pieces(
     return out
 
 
-__all__ = ["SCOPES", "Reduce", "TensorPart", "check_request", "local_reduce", "select", "targets"]
+__all__ = [
+    "GROUPED_SCOPES",
+    "SCOPES",
+    "Reduce",
+    "TensorPart",
+    "check_request",
+    "local_reduce",
+    "scope_groups",
+    "select",
+    "targets",
+]

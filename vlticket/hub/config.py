@@ -150,7 +150,8 @@ class TicketConfig:
         """The config of a ticket made of ``mask`` (and ``checkpoint``), with ``info`` validated.
 
         ``info`` takes the user fields above; ``adapter`` may be an adapter object, whose name
-        and options are recorded. Files are listed when the ticket is saved.
+        and options are recorded; by default the adapter the mask recorded (``mask.adapter``).
+        Files are listed when the ticket is saved.
         """
         if not isinstance(mask, Mask):
             raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
@@ -163,6 +164,9 @@ class TicketConfig:
         if unknown:
             raise ArgumentError(f"unknown ticket information {unknown}; expected some of {allowed}")
         info = dict(info)
+        if info.get("adapter") is None and mask.adapter is not None:  # how the mask was named
+            info["adapter"] = mask.adapter.name
+            info.setdefault("adapter_options", mask.adapter.options)
         adapter = info.get("adapter")
         if adapter is not None and not isinstance(adapter, str):
             name = getattr(adapter, "name", None)

@@ -98,14 +98,19 @@ class Ticket:
         Args:
             model: the model to prune.
             adapter: match canonical names through this adapter; by default the adapter
-                recorded in the config, or the model's own parameter names.
+                recorded in the config (or in the mask), or the model's own parameter names.
 
         Example:
             >>> ticket = vlticket.Ticket.from_pretrained("user/vilt-vqa-ticket")  # doctest: +SKIP
             >>> ticket.apply(model)                                              # doctest: +SKIP
         """
         if adapter is None:
-            adapter = find(self.config.adapter, self.config.adapter_options)
+            recorded = self.mask.adapter
+            adapter = (
+                find(self.config.adapter, self.config.adapter_options)
+                if self.config.adapter or recorded is None
+                else find(recorded.name, recorded.options)
+            )
         found = named_tensors(model, adapter=adapter, param="model")
         made_for = f" (made for {self.config.base_model})" if self.config.base_model else ""
         how = "the adapter's names" if adapter is not None else "the model's parameters"

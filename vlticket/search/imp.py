@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._naming import AdapterArg, model_state, named_tensors
+from .._naming import AUTO, AdapterArg, auto_adapter, model_state, named_tensors
 from ..adapters import groups_for
 from ..core import Checkpoint, Mask, group_sparsity, prune_magnitude
 from ..core.selection import check_scope
@@ -172,8 +172,10 @@ class TicketSearch:
             again with the same arguments, or an :class:`~vlticket.errors.ArgumentError` says
             which one differs. One process at a time owns it (a ``.lock`` file): close the
             search (``search.close()`` or ``with TicketSearch(...)``) to hand it over.
-        adapter: name the prunable weights through this adapter (default: every
-            floating-point parameter with two or more dimensions, as :meth:`Mask.ones`).
+        adapter: name the prunable weights through this adapter. Default: the model family's
+            adapter when exactly one registered family fits (the study's weight set of an
+            LXMERT, UNITER or ViLT), else every floating-point parameter with two or more
+            dimensions; ``None`` always means the latter, as in :meth:`Mask.ones`.
         progress: show a tqdm bar over rounds.
 
     Steps: each optimizer added with ``rnd.add_optimizer(optimizer)`` is hooked, and the
@@ -211,7 +213,7 @@ class TicketSearch:
         one_shot: bool = False,
         scope: str = "global",
         run_dir: str | Path | None = None,
-        adapter: AdapterArg = None,
+        adapter: AdapterArg = AUTO,
         progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -230,13 +232,11 @@ class TicketSearch:
                 raise ArgumentError(f"`{name}`: expected True or False, found {value!r}")
         check_scope(scope)
         self.model = model
-        self.adapter = adapter
+        self.adapter = auto_adapter(model, adapter)  # resolved once: every round names alike
         self.progress = progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self._ones = Mask.ones(model, adapter=adapter)
-        numel = self._ones.numel
-        if numel == 0:
-            raise ArgumentError("`model` has no prunable weights")
+        self._ones = Mask.ones(model, adapter=self.adapter)
+        numel = self._ones.numel  # Mask.ones refuses an empty prunable set
         self.args = {
             "sparsity": float(sparsity),
             "amount": float(amount),
