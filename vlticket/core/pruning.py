@@ -20,6 +20,7 @@ import torch
 
 from .._naming import AdapterArg, Weights, check_layout, named_tensors
 from ..errors import ArgumentError, ShapeMismatchError
+from . import nm
 from ._passes import count_true
 from .mask import Mask
 from .selection import TensorPart, check_request, check_scope, counts_to_prune, select, targets
@@ -35,6 +36,7 @@ def prune_magnitude(
     scope: str = "global",
     largest: bool = False,
     adapter: AdapterArg = None,
+    pattern: str | None = None,
 ) -> Mask:
     """Prune the weights of lowest magnitude; return a new Mask over the same names.
 
@@ -49,6 +51,9 @@ def prune_magnitude(
             each tensor on its own.
         largest: prune the largest magnitudes instead (the high-magnitude baseline).
         adapter: name the tensors through this adapter.
+        pattern: ``"N:M"`` semi-structured sparsity instead of a count: in every group of M
+            consecutive weights along the last (input) dimension keep the N largest
+            magnitudes (see :mod:`vlticket.core.nm`). Give neither ``sparsity`` nor ``amount``.
 
     Example:
         >>> import torch, vlticket
@@ -56,6 +61,8 @@ def prune_magnitude(
         >>> m["w"].tolist()
         [False, True, False, True]
     """
+    if pattern is not None:
+        return _prune_pattern(weights, pattern, sparsity, amount, mask, largest, adapter)
     check_request(sparsity, amount, scope)
     tensors, keeps = targets(weights, mask, adapter)
     parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
@@ -172,6 +179,22 @@ def prune_random(
             keep[chosen if eligible is None else eligible[chosen]] = False
         out[n] = keep.reshape(t.shape).to(t.device)
     return Mask(out)
+
+
+def _prune_pattern(weights, pattern, sparsity, amount, mask, largest, adapter) -> Mask:
+    nm.parse_pattern(pattern)
+    if sparsity is not None or amount is not None:
+        raise ArgumentError(
+            f"`pattern={pattern!r}` sets the sparsity: give neither `sparsity` nor `amount`"
+        )
+    tensors, keeps = targets(weights, mask, adapter)
+    nm.check_divides({n: tuple(t.shape) for n, t in tensors.items()}, pattern)
+    return Mask(
+        {
+            n: nm.keep_nm(t, keeps.get(n), pattern, name=n, largest=largest)
+            for n, t in tensors.items()
+        }
+    )
 
 
 def _split_uniformly(rng: np.random.Generator, kept: list[int], total: int) -> list[int]:
