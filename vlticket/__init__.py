@@ -36,7 +36,7 @@ from .errors import (
     ShapeMismatchError,
     VlticketError,
 )
-from .hub import Ticket
+from .hub import Ticket, load_sparse, push_sparse, save_sparse
 from .registry import register_adapter
 from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 
@@ -65,11 +65,14 @@ __all__ = [
     "hub",
     "iou",
     "iou_matrix",
+    "load_sparse",
     "mask_distance",
     "prune_by_score",
     "prune_magnitude",
     "prune_random",
+    "push_sparse",
     "register_adapter",
     "relaxed_ticket",
+    "save_sparse",
     "tensor_iou",
 ]
