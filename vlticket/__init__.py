@@ -36,6 +36,7 @@ from .errors import (
     ShapeMismatchError,
     VlticketError,
 )
+from .export import export
 from .hub import Ticket, load_sparse, push_sparse, save_sparse
 from .registry import register_adapter
 from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
@@ -59,6 +60,7 @@ __all__ = [
     "adapters",
     "adversarial",
     "baselines",
+    "export",
     "group_iou",
     "group_sparsity",
     "group_stats",
