@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from export_tasks import TASKS as EXPORT_TASKS
 from measure import peak_extra, rss, timed
 from models import build
 from torch import nn
@@ -292,6 +293,7 @@ TASKS = {
     "train_step": train_step,
     "disk": disk,
     "iou": iou,
+    **EXPORT_TASKS,
 }
 
 if __name__ == "__main__":
