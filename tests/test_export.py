@@ -136,3 +136,12 @@ def test_two_four_on_cuda_matches_the_masked_dense_model():
     vlticket.export(model, mask, to="2:4")
     x = torch.randn(64, 128, dtype=torch.half, device="cuda")
     torch.testing.assert_close(model(x), dense(x), rtol=1e-2, atol=1e-2)
+
+
+def test_docstring_example():
+    import doctest
+    import sys
+
+    module = sys.modules["vlticket.export"]
+    result = doctest.testmod(module, extraglobs={"vlticket": vlticket, "torch": torch})
+    assert result.failed == 0 and result.attempted > 0
