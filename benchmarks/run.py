@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import export_tasks
 import numpy as np
 import torch
 
@@ -285,6 +286,77 @@ def bench_shrink(args, rows: list) -> None:
     )
 
 
+def bench_export(args, rows: list) -> None:
+    """Issue 13: CSR layers and forward, sparse checkpoints, N:M selection (2 threads)."""
+    base = {"quick": args.quick, "threads": args.threads, "repeats": args.repeats}
+    r = run_task({**base, "task": "csr_layers"})
+    mix = dict(zip(export_tasks.SHAPES, export_tasks.LAYER_MIX, strict=True))
+    crossover = None
+    for s in export_tasks.SPARSITIES:
+        per = {}
+        for o, i in mix:
+            t = r[f"{o}x{i}@{s}"]
+            per[f"{o}×{i}"] = (med(t["dense"]), med(t["csr"]))
+        dense = sum(mix[k] * v[0] for k, v in zip(mix, per.values(), strict=True))
+        csr = sum(mix[k] * v[1] for k, v in zip(mix, per.values(), strict=True))
+        if crossover is None and csr < dense:
+            crossover = s
+        shapes = ", ".join(f"{k} {d / c:.2f}×" for k, (d, c) in per.items())
+        rows.append(
+            (
+                f"CSR Linear, 8×128 tokens, sparsity {s}",
+                "bert-base layers",
+                f"{1e3 * csr:.1f} ms per layer's Linears",
+                f"{1e3 * dense:.1f} ms (dense F.linear)",
+                f"{dense / csr:.2f}× ({shapes})",
+            )
+        )
+    rows.append(("CSR crossover sparsity", "bert-base layers", f"{crossover}", "", ""))
+    for s in (0.9, 0.95):
+        f = run_task({**base, "task": "csr_forward", "sparsity": s})
+        t = f["times"]
+        rows.append(
+            (
+                f"encoder forward, 8×128, CSR at {s}",
+                "bert-base",
+                span(t["csr"]),
+                f"{span(t['dense'])} (dense)",
+                f"{med(t['dense']) / med(t['csr']):.2f}×; max |diff| {f['max_abs_diff']:.1e}",
+            )
+        )
+    c = run_task({**base, "task": "sparse_checkpoint"})
+    t = c["times"]
+    rows.append(
+        (
+            "sparse checkpoint at 70%: bits per pruned-tensor weight",
+            "bert-base",
+            f"{c['bits_per_weight']:.2f} (target ≤ {0.3 * 32 + 1.1:.1f})",
+            "32 (dense fp32)",
+            f"{c['dense_bytes'] / c['sparse_bytes']:.2f}× smaller folder",
+        )
+    )
+    rows.append(
+        (
+            "sparse checkpoint at 70%: save / load",
+            "bert-base",
+            f"{span(t['sparse_save'])} / {span(t['sparse_load'])}",
+            f"{span(t['dense_save'])} / {span(t['dense_load'])} (safetensors)",
+            f"{med(t['dense_save']) / med(t['sparse_save']):.2f}× / "
+            f"{med(t['dense_load']) / med(t['sparse_load']):.2f}×",
+        )
+    )
+    n = run_task({**base, "task": "nm_select"})
+    rows.append(
+        (
+            "2:4 selection vs one read pass",
+            "bert-base",
+            span(n["nm"]),
+            f"{span(n['read'])} (sum |w|)",
+            f"{med(n['nm']) / med(n['read']):.1f}× a read pass (goal ≤ 2×)",
+        )
+    )
+
+
 def table(rows: list) -> str:
     head = ("benchmark", "model", "vlticket", "peer (torch.nn.utils.prune)", "ratio")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -306,9 +378,9 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     p.add_argument(
         "--only",
-        choices=("prune", "train", "files", "shrink"),
-        help="one group: prune and IMP rounds, the training step, disk and IoU, or structured "
-        "tickets (shrink)",
+        choices=("prune", "train", "files", "shrink", "export"),
+        help="one group: prune and IMP rounds, the training step, disk and IoU, structured "
+        "tickets (shrink), or sparse export (CSR, sparse checkpoints, N:M)",
     )
     args = p.parse_args()
     args.repeats = args.repeats or (3 if args.quick else 7)
@@ -316,7 +388,7 @@ def main() -> None:
     start = time.time()
     info = machine(args.threads)
     rows: list = []
-    wanted = {args.only} if args.only else {"prune", "train", "files", "shrink"}
+    wanted = {args.only} if args.only else {"prune", "train", "files", "shrink", "export"}
     for model in ("bert-base", "lxmert"):
         if "prune" in wanted:
             bench_prune(model, args, rows)
@@ -329,6 +401,8 @@ def main() -> None:
             bench_iou(model, args, rows)
     if "shrink" in wanted:
         bench_shrink(args, rows)
+    if "export" in wanted:
+        bench_export(args, rows)
     quick = " (--quick)" if args.quick else ""
     quick += f" (--only {args.only})" if args.only else ""
     info.append(

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import torch
+from export_tasks import TASKS as EXPORT_TASKS
 from measure import peak_extra, rss, timed
 from models import build
 from torch import nn
@@ -394,6 +395,7 @@ TASKS = {
     "disk": disk,
     "iou": iou,
     "shrink": shrink,
+    **EXPORT_TASKS,
 }
 
 if __name__ == "__main__":

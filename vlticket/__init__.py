@@ -38,7 +38,8 @@ from .errors import (
     ShapeMismatchError,
     VlticketError,
 )
-from .hub import Ticket
+from .export import export
+from .hub import Ticket, load_sparse, push_sparse, save_sparse
 from .registry import register_adapter
 from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 from .shrink import load_shrunk, shrink
@@ -64,6 +65,7 @@ __all__ = [
     "adapters",
     "adversarial",
     "baselines",
+    "export",
     "group_iou",
     "group_sparsity",
     "group_stats",
@@ -71,13 +73,16 @@ __all__ = [
     "iou",
     "iou_matrix",
     "load_shrunk",
+    "load_sparse",
     "mask_distance",
     "prune_by_score",
     "prune_magnitude",
     "prune_random",
     "prune_structured",
+    "push_sparse",
     "register_adapter",
     "relaxed_ticket",
+    "save_sparse",
     "shrink",
     "tensor_iou",
 ]

@@ -27,7 +27,7 @@ from .._naming import (
 )
 from ..errors import ArgumentError, FileFormatError, NameMismatchError
 from ..registry import Naming, available, find
-from . import mask_file
+from . import mask_file, nm
 from ._passes import count_true
 from .attach import MaskHandle
 
@@ -221,6 +221,17 @@ class Mask(MutableMapping[str, torch.Tensor]):
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {n: tuple(t.shape) for n, t in self._data.items()}
+
+    def satisfies(self, pattern: str) -> bool:
+        """Whether every tensor keeps at most N of each M consecutive weights along its last
+        dimension (``pattern="N:M"``, e.g. ``"2:4"``); a tensor the pattern cannot tile raises.
+
+        Example:
+            >>> vlticket.Mask({"w": torch.tensor([[True, False, False, True]])}).satisfies("2:4")
+            True
+        """
+        nm.check_divides(self.shapes(), pattern)
+        return all(nm.satisfies(t, pattern, name=n) for n, t in self._data.items())
 
     # -- algebra ----------------------------------------------------------------------------
     def _check_same(self, other: Any, op: str) -> Mask:

@@ -21,6 +21,7 @@ import torch
 from .._naming import AUTO, AdapterArg, Weights, auto_adapter, check_layout, named_tensors
 from ..errors import ArgumentError, ShapeMismatchError
 from ..registry import Naming, resolve
+from . import nm
 from ._passes import count_true
 from .mask import Mask, record_of
 from .selection import (
@@ -51,6 +52,7 @@ def prune_magnitude(
     scope: str = "global",
     largest: bool = False,
     adapter: AdapterArg = AUTO,
+    pattern: str | None = None,
 ) -> Mask:
     """Prune the weights of lowest magnitude; return a new Mask over the same names.
 
@@ -68,6 +70,9 @@ def prune_magnitude(
         adapter: name the tensors through this adapter (recorded in the mask). By default a
             module of a registered family uses its family's adapter (logged once), and the
             adapter ``mask`` recorded wins; ``None`` prunes every 2-D+ float parameter.
+        pattern: ``"N:M"`` semi-structured sparsity instead of a count: in every group of M
+            consecutive weights along the last (input) dimension keep the N largest
+            magnitudes (see :mod:`vlticket.core.nm`). Give neither ``sparsity`` nor ``amount``.
 
     Raises:
         ArgumentError: bad fractions or scope, or no weight to prune.
@@ -78,6 +83,8 @@ def prune_magnitude(
         >>> m["w"].tolist()
         [False, True, False, True]
     """
+    if pattern is not None:
+        return _prune_pattern(weights, pattern, sparsity, amount, mask, largest, adapter)
     check_request(sparsity, amount, scope)
     naming = _naming(weights, mask, adapter)
     tensors, keeps = targets(weights, mask, naming)
@@ -224,6 +231,24 @@ def prune_random(
             keep[chosen if eligible is None else eligible[chosen]] = False
         out[n] = keep.reshape(t.shape).to(t.device)
     return Mask(out, adapter=record_of(naming))
+
+
+def _prune_pattern(weights, pattern, sparsity, amount, mask, largest, adapter) -> Mask:
+    nm.parse_pattern(pattern)
+    if sparsity is not None or amount is not None:
+        raise ArgumentError(
+            f"`pattern={pattern!r}` sets the sparsity: give neither `sparsity` nor `amount`"
+        )
+    naming = _naming(weights, mask, adapter)
+    tensors, keeps = targets(weights, mask, naming)
+    nm.check_divides({n: tuple(t.shape) for n, t in tensors.items()}, pattern)
+    return Mask(
+        {
+            n: nm.keep_nm(t, keeps.get(n), pattern, name=n, largest=largest)
+            for n, t in tensors.items()
+        },
+        adapter=record_of(naming),
+    )
 
 
 def _split_uniformly(rng: np.random.Generator, kept: list[int], total: int) -> list[int]:

@@ -14,6 +14,7 @@ from .config import (
     TicketConfig,
     file_record,
 )
+from .sparse import load_sparse, push_sparse, read_sparse, save_sparse
 from .ticket import Ticket, download_ticket, push_folder
 
 __all__ = [
@@ -26,5 +27,9 @@ __all__ = [
     "TicketConfig",
     "download_ticket",
     "file_record",
+    "load_sparse",
     "push_folder",
+    "push_sparse",
+    "read_sparse",
+    "save_sparse",
 ]

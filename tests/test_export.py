@@ -1,0 +1,147 @@
+"""Export for inference: CSR Linear layers equal the masked dense model; 2:4 needs CUDA."""
+
+import copy
+
+import pytest
+import torch
+import transformers
+from torch import nn
+
+import vlticket
+from vlticket import ArgumentError, NameMismatchError
+from vlticket.export import CSR_MIN_SPARSITY, SparseLinear
+
+
+def _linears(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{n}.weight": m.weight for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _bert() -> transformers.BertModel:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    return transformers.BertModel(cfg).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_csr_bert_matches_the_masked_dense_model(dtype):
+    model = _bert().to(dtype)
+    mask = vlticket.prune_magnitude(_linears(model), sparsity=0.95, scope="tensor")
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    out = vlticket.export(model, mask, to="csr")
+    assert out is model
+    swapped = [m for m in model.modules() if isinstance(m, SparseLinear)]
+    assert len(swapped) == len(mask)
+    assert all(m.weight.layout == torch.sparse_csr and m.weight.dtype == dtype for m in swapped)
+    ids = torch.randint(0, 100, (3, 7))
+    with torch.no_grad():
+        want, got = dense(ids).last_hidden_state, model(ids).last_hidden_state
+    torch.testing.assert_close(got, want)
+
+
+def test_layers_below_min_sparsity_stay_dense_and_masked():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4, bias=False))
+    lin = _linears(model)
+    mask = vlticket.Mask(
+        {
+            "0.weight": vlticket.prune_magnitude({"w": lin["0.weight"]}, sparsity=0.5)["w"],
+            "2.weight": vlticket.prune_magnitude({"w": lin["2.weight"]}, sparsity=0.95)["w"],
+        }
+    )
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    vlticket.export(model, mask)
+    assert type(model[0]) is nn.Linear and type(model[2]) is SparseLinear
+    assert model[2].bias is None
+    assert not model[0].weight[~mask["0.weight"]].any()
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(model(x), dense(x))
+    assert 0.5 < CSR_MIN_SPARSITY < 1
+
+
+def test_min_sparsity_zero_swaps_everything_and_3d_inputs_work():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8))
+    mask = vlticket.prune_magnitude(model, sparsity=0.3)
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    vlticket.export(model, mask, min_sparsity=0.0)
+    x = torch.randn(2, 3, 8)
+    torch.testing.assert_close(model(x), dense(x))
+
+
+def test_exported_modules_refuse_training():
+    model = nn.Sequential(nn.Linear(8, 8))
+    vlticket.export(model, vlticket.prune_magnitude(model, sparsity=0.95))
+    model.eval()  # fine
+    with pytest.raises(ArgumentError, match="inference-only"):
+        model.train()
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, before):
+    after = model.state_dict()
+    return after.keys() == before.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_input_leaves_the_model_unchanged(tiny_net):
+    before = _state(tiny_net)
+    with pytest.raises(ArgumentError, match="`to`"):
+        vlticket.export(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.9), to="coo")
+    with pytest.raises(ArgumentError, match="'emb.weight' is not the weight of an nn.Linear"):
+        vlticket.export(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.9))
+    with pytest.raises(NameMismatchError):
+        vlticket.export(tiny_net, vlticket.prune_magnitude(_bert(), sparsity=0.9))
+    with pytest.raises(ArgumentError, match="min_sparsity"):
+        vlticket.export(
+            tiny_net, vlticket.prune_magnitude(_linears(tiny_net), sparsity=0.9), min_sparsity=2
+        )
+    assert _unchanged(tiny_net, before)
+    assert all(type(m) is not SparseLinear for m in tiny_net.modules())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_two_four_without_cuda_is_refused(tiny_net):
+    before = _state(tiny_net)
+    mask = vlticket.prune_magnitude(_linears(tiny_net), pattern="2:4")
+    with pytest.raises(ArgumentError, match="CUDA"):
+        vlticket.export(tiny_net, mask, to="2:4")
+    assert _unchanged(tiny_net, before)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="2:4 sparse tensor cores need a CUDA GPU; none here"
+)
+def test_two_four_on_cuda_matches_the_masked_dense_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64)).half().cuda()
+    mask = vlticket.prune_magnitude(model, pattern="2:4")
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    with pytest.raises(ArgumentError, match="more than 2"):
+        vlticket.export(
+            copy.deepcopy(model), vlticket.prune_magnitude(model, sparsity=0.5), to="2:4"
+        )
+    vlticket.export(model, mask, to="2:4")
+    x = torch.randn(64, 128, dtype=torch.half, device="cuda")
+    torch.testing.assert_close(model(x), dense(x), rtol=1e-2, atol=1e-2)
+
+
+def test_docstring_example():
+    import doctest
+    import sys
+
+    module = sys.modules["vlticket.export"]
+    result = doctest.testmod(module, extraglobs={"vlticket": vlticket, "torch": torch})
+    assert result.failed == 0 and result.attempted > 0

@@ -1,0 +1,157 @@
+"""Sparse checkpoints: kept values + the 1-bit mask, loaded back bit for bit, checked first."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from hub_server import hub  # noqa: F401  (pytest fixture)
+
+import vlticket
+from vlticket import FileFormatError, NameMismatchError, ShapeMismatchError
+from vlticket.hub import sparse
+
+
+def _bert(dtype=torch.float32) -> transformers.BertModel:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+    )
+    return transformers.BertModel(cfg).eval().to(dtype)
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype
+        and torch.equal(
+            sa[k].view(-1).view(torch.uint8) if sa[k].dtype.is_floating_point else sa[k],
+            sb[k].view(-1).view(torch.uint8) if sb[k].dtype.is_floating_point else sb[k],
+        )
+        for k in sa
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_transformers_round_trip_is_bit_exact(tmp_path, dtype):
+    model = _bert(dtype)
+    mask = vlticket.prune_magnitude(model, sparsity=0.7)
+    vlticket.save_sparse(model, mask, tmp_path)
+    loaded = vlticket.load_sparse(tmp_path)
+    assert type(loaded) is transformers.BertModel
+    mask.apply(model)
+    assert _same(model, loaded)
+    ids = torch.randint(0, 100, (2, 5))
+    assert torch.equal(model(ids).last_hidden_state, loaded(ids).last_hidden_state)
+
+
+def test_fills_a_given_model_in_place(tmp_path, tiny_net):
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
+    vlticket.save_sparse(tiny_net, mask, tmp_path)
+    assert not (tmp_path / "config.json").exists()  # not a transformers model
+    other = type(tiny_net)()
+    assert vlticket.load_sparse(tmp_path, other) is other
+    mask.apply(tiny_net)
+    assert _same(tiny_net, other)
+    with pytest.raises(vlticket.ArgumentError, match="pass the model"):
+        vlticket.load_sparse(tmp_path)
+
+
+def test_adapter_names_map_to_state_keys(tmp_path, tiny_net):
+    class Named:
+        name = "named"
+
+        def names(self, model):
+            return {"first": "fc1.weight", "second": "fc2.weight"}
+
+        def prunable(self, model):
+            return {c: model.get_parameter(p) for c, p in self.names(model).items()}
+
+    found = {"first": tiny_net.fc1.weight, "second": tiny_net.fc2.weight}
+    mask = vlticket.prune_magnitude(found, sparsity=0.5)
+    vlticket.save_sparse(tiny_net, mask, tmp_path, adapter=Named())
+    record = json.loads((tmp_path / sparse.SPARSE_CONFIG).read_text())
+    assert record["tensors"] == {"first": "fc1.weight", "second": "fc2.weight"}
+
+
+def test_bytes_are_deterministic_and_small(tmp_path):
+    model = _bert()
+    mask = vlticket.prune_magnitude(model, sparsity=0.7)
+    a, b = (
+        vlticket.save_sparse(model, mask, tmp_path / "a"),
+        vlticket.save_sparse(model, mask, tmp_path / "b"),
+    )
+    for name in ("sparse.safetensors", "mask.safetensors", "vlticket_sparse.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+    # Size: only the masked tensors' kept values and mask bits, beside the dense rest.
+    def data_bytes(path, names):
+        header, _ = vlticket._files.read_header(path)
+        return sum(header[n]["data_offsets"][1] - header[n]["data_offsets"][0] for n in names)
+
+    masked = data_bytes(a / "sparse.safetensors", mask) + data_bytes(a / "mask.safetensors", mask)
+    bits = masked * 8 / mask.numel
+    assert bits <= 0.3 * 32 + 1.1
+
+
+def test_a_mask_for_another_model_writes_nothing(tmp_path, tiny_net):
+    mask = vlticket.prune_magnitude(_bert(), sparsity=0.5)
+    with pytest.raises(NameMismatchError):
+        vlticket.save_sparse(tiny_net, mask, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_wrong_model_on_load_is_untouched(tmp_path, tiny_net):
+    vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), tmp_path)
+    other = torch.nn.Linear(8, 16)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(NameMismatchError):
+        vlticket.load_sparse(tmp_path, other)
+    half = type(tiny_net)().half()
+    with pytest.raises(ShapeMismatchError, match="float16"):
+        vlticket.load_sparse(tmp_path, half)
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "victim", ["sparse.safetensors", "mask.safetensors", "vlticket_sparse.json"]
+)
+def test_corrupt_files_are_refused_before_the_model_changes(tmp_path, tiny_net, victim):
+    vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), tmp_path)
+    path = tmp_path / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    target = type(tiny_net)()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(FileFormatError):
+        vlticket.load_sparse(tmp_path, target)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+
+
+def test_a_consistent_but_lying_record_is_refused(tmp_path, tiny_net):
+    """Record hashes match, but the weights file declares another length: header check."""
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    vlticket.save_sparse(tiny_net, mask, tmp_path)
+    other = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
+    other.save(tmp_path / "mask.safetensors")
+    record = json.loads((tmp_path / sparse.SPARSE_CONFIG).read_text())
+    record["files"]["mask.safetensors"] = vlticket.hub.file_record(tmp_path / "mask.safetensors")
+    (tmp_path / sparse.SPARSE_CONFIG).write_text(json.dumps(record))
+    with pytest.raises(FileFormatError, match="shape"):
+        vlticket.load_sparse(tmp_path, type(tiny_net)())
+
+
+def test_push_and_pull_through_the_hub(hub, tmp_path):  # noqa: F811
+    model = _bert()
+    mask = vlticket.prune_magnitude(model, sparsity=0.7)
+    url = vlticket.push_sparse(model, mask, "alice/tiny-sparse")
+    assert url.startswith(f"{hub.url}/alice/tiny-sparse/commit/")
+    assert set(hub.files("alice/tiny-sparse")) >= set(sparse.SPARSE_FILES)
+    loaded = vlticket.load_sparse("alice/tiny-sparse")
+    mask.apply(model)
+    assert _same(model, loaded)

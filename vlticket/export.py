@@ -1,0 +1,183 @@
+"""Exporting a ticket for inference: pruned ``nn.Linear`` layers become sparse kernels.
+
+``export(model, mask, to="csr")`` swaps each pruned ``nn.Linear`` whose sparsity reaches
+``min_sparsity`` for a :class:`SparseLinear` holding a ``torch.sparse_csr`` weight; on CPU that
+beats the dense matmul only at high sparsity (see :data:`CSR_MIN_SPARSITY`), so less sparse
+layers stay dense (with their pruned weights zeroed). ``to="2:4"`` swaps them for
+:class:`SemiStructuredLinear`, NVIDIA's 2:4 sparse tensor-core format, on a CUDA device.
+
+Exported modules are for inference only: their weights are buffers, not parameters, and
+``.train()`` raises. Export a copy (``copy.deepcopy(model)``) to keep training the original.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.sparse import to_sparse_semi_structured
+
+from ._naming import AdapterArg, check_layout, named_tensors
+from .core import Mask
+from .errors import ArgumentError
+
+# Where CSR reached the dense matmul's speed on BERT-base Linear shapes at 8 x 128 tokens and
+# 2 threads on the development CPU (benchmarks/run.py --only export): below it, stay dense.
+CSR_MIN_SPARSITY = 0.95
+FORMATS = ("csr", "2:4")
+
+
+class _InferenceOnly(nn.Module):
+    def train(self, mode: bool = True) -> nn.Module:
+        if mode:
+            raise ArgumentError(
+                f"{type(self).__name__} is an inference-only export and cannot train; "
+                "train the dense model with `mask.attach(model)` and export it afterwards"
+            )
+        return super().train(False)
+
+
+class SparseLinear(_InferenceOnly):
+    """``nn.Linear`` with its masked weight stored as ``torch.sparse_csr`` (inference only).
+
+    Args:
+        linear: the layer to replace; its dtype, device and bias are kept.
+        keep: the weight's bool mask (True = kept).
+    """
+
+    def __init__(self, linear: nn.Linear, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach()
+        with warnings.catch_warnings():  # torch flags CSR as beta at every conversion
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            csr = (w * keep.to(w.device)).to_sparse_csr()
+        self.register_buffer("weight", csr)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels.
+        out = torch.sparse.mm(self.weight, rows.t()).t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        nnz = self.weight.values().numel()
+        density = nnz / max(1, self.in_features * self.out_features)
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"density={density:.4f}"
+        )
+
+
+class SemiStructuredLinear(_InferenceOnly):
+    """``nn.Linear`` with a 2:4 semi-structured sparse weight on CUDA (inference only)."""
+
+    def __init__(self, linear: nn.Linear, keep: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach()
+        self.weight = nn.Parameter(
+            to_sparse_semi_structured(w * keep.to(w.device)), requires_grad=False
+        )
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def export(
+    model: nn.Module,
+    mask: Mask,
+    to: str = "csr",
+    *,
+    min_sparsity: float | None = None,
+    adapter: AdapterArg = None,
+) -> nn.Module:
+    """Swap the pruned ``nn.Linear`` layers of ``model`` for sparse inference modules, in place.
+
+    Every masked tensor must be the weight of an ``nn.Linear``; everything is checked before
+    the model changes. Outputs equal the masked dense model's up to float rounding.
+
+    Args:
+        model: the model (modified in place and returned).
+        mask: the ticket's mask, by parameter names or ``adapter``'s names.
+        to: ``"csr"`` (CPU or GPU, ``torch.sparse_csr``) or ``"2:4"`` (CUDA; the mask must
+            satisfy the 2:4 pattern, see ``prune_magnitude(..., pattern="2:4")``).
+        min_sparsity: with ``"csr"``, layers pruned less than this stay dense (their pruned
+            weights zeroed); default :data:`CSR_MIN_SPARSITY`, the measured CPU crossover.
+        adapter: match the mask's canonical names through this adapter.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+        >>> mask = vlticket.prune_magnitude(model, sparsity=0.96)
+        >>> vlticket.export(model, mask, to="csr")[0]
+        SparseLinear(in_features=64, out_features=64, density=0.0400)
+    """
+    if to not in FORMATS:
+        raise ArgumentError(f"`to`: expected one of {FORMATS}, found {to!r}")
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    if not isinstance(mask, Mask):
+        raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
+    if min_sparsity is None:
+        min_sparsity = CSR_MIN_SPARSITY if to == "csr" else 0.0
+    if not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+        raise ArgumentError(f"`min_sparsity`: expected a number in [0, 1], found {min_sparsity!r}")
+    found = named_tensors(model, adapter=adapter, param="model")
+    check_layout(mask.shapes(), found, what="the mask", where="`model`", exact=False)
+    owners = _linear_owners(model)
+    layers = {}
+    for name in mask:
+        owner = owners.get(id(found[name]))
+        if owner is None:
+            raise ArgumentError(
+                f"tensor {name!r} is not the weight of an nn.Linear: export swaps Linear layers "
+                "only; leave other tensors out of the mask (they stay dense)"
+            )
+        layers[name] = owner
+    if to == "2:4":
+        _check_semi_structured(mask, found)
+    sparsity = mask.tensor_sparsity()
+    for name, (parent, attr) in layers.items():
+        linear, keep = getattr(parent, attr), mask[name]
+        if to == "2:4":
+            setattr(parent, attr, SemiStructuredLinear(linear, keep))
+        elif sparsity[name] >= min_sparsity:
+            setattr(parent, attr, SparseLinear(linear, keep))
+        else:
+            with torch.no_grad():
+                linear.weight.masked_fill_(~keep.to(linear.weight.device), 0)
+    return model
+
+
+def _linear_owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """id(weight) -> (parent module, attribute) of every nn.Linear in ``model``."""
+    out = {}
+    for parent in model.modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                out[id(child.weight)] = (parent, attr)
+    return out
+
+
+def _check_semi_structured(mask: Mask, found: dict[str, torch.Tensor]) -> None:
+    if not torch.cuda.is_available() or any(found[n].device.type != "cuda" for n in mask):
+        raise ArgumentError(
+            "`to='2:4'` needs the model on a CUDA device (torch.sparse.to_sparse_semi_structured "
+            "runs on NVIDIA sparse tensor cores); use `to='csr'` on CPU"
+        )
+    if not mask.satisfies("2:4"):
+        raise ArgumentError(
+            "`to='2:4'`: the mask keeps more than 2 of some 4 consecutive weights; make it with "
+            "`vlticket.prune_magnitude(model, pattern='2:4')`"
+        )
+
+
+__all__ = ["CSR_MIN_SPARSITY", "SemiStructuredLinear", "SparseLinear", "export"]
