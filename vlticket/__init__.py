@@ -10,7 +10,7 @@ Where things live, bottom to top (each layer imports only from those below it):
 - ``cli`` and ``demo``.
 """
 
-from . import adapters, adversarial, baselines, hub
+from . import adapters, adversarial, baselines, hub, saliency
 from ._version import __version__
 from .adapters import adapter_for
 from .core import (
@@ -71,5 +71,6 @@ __all__ = [
     "prune_random",
     "register_adapter",
     "relaxed_ticket",
+    "saliency",
     "tensor_iou",
 ]
