@@ -28,6 +28,7 @@ from .core import (
     prune_random,
     tensor_iou,
 )
+from .early_bird import EarlyBird
 from .errors import (
     ArgumentError,
     FileFormatError,
@@ -43,6 +44,7 @@ from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 __all__ = [
     "ArgumentError",
     "Checkpoint",
+    "EarlyBird",
     "FileFormatError",
     "Mask",
     "MaskHandle",
