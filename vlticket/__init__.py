@@ -28,6 +28,7 @@ from .core import (
     prune_random,
     tensor_iou,
 )
+from .dynamic import DynamicSparsity
 from .early_bird import EarlyBird
 from .errors import (
     ArgumentError,
@@ -44,6 +45,7 @@ from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 __all__ = [
     "ArgumentError",
     "Checkpoint",
+    "DynamicSparsity",
     "EarlyBird",
     "FileFormatError",
     "Mask",
