@@ -200,3 +200,29 @@ def test_wrong_shape_scores_refused():
     mask = vlticket.Mask({"x": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(vlticket.VlticketError):
         vlticket.prune_by_score({"x": torch.tensor([1.0, -2.0])}, sparsity=0.5, mask=mask)
+
+
+def _deep(layers: int) -> nn.Sequential:
+    net = nn.Sequential(*[nn.Linear(64, 64, bias=False) for _ in range(layers)])
+    with torch.no_grad():
+        for m in net:
+            m.weight.fill_(1.0)
+        net[0].weight[0, 0] = 0.5
+    return net
+
+
+def test_synflow_scores_beyond_float32_range():
+    net = _deep(25)  # R = 64^25 ≈ 1e45: past float32, fine in float64
+    s = synflow_scores(net, lambda m: m(torch.ones(1, 64, dtype=torch.float64)))
+    assert s["0.weight"].dtype == torch.float64 and all(
+        bool(t.isfinite().all()) for t in s.values()
+    )
+    assert s["0.weight"][0, 0] == s["0.weight"][0, 1] / 2
+    mask = vlticket.prune_by_score(s, amount=1 / 64**2 / 25)
+    assert not mask["0.weight"][0, 0] and mask.num_pruned == 1
+
+
+def test_synflow_overflow_is_refused():
+    net = _deep(200)  # 64^200 overflows float64
+    with pytest.raises(vlticket.ArgumentError, match="overflows"):
+        synflow_scores(net, lambda m: m(torch.ones(1, 64, dtype=torch.float64)))

@@ -200,8 +200,16 @@ def _synflow_once(
         raise ArgumentError(
             f"`forward(model)`: expected a floating-point tensor, found {type(out).__name__}"
         )
-    grads = _grads(out.sum(), params, "`forward(model)`")
-    return {n: (p.detach() * g).float() for (n, p), g in zip(params.items(), grads, strict=True)}
+    r = out.sum()
+    if not bool(torch.isfinite(r)):
+        raise ArgumentError(
+            f"SynFlow's R = sum(forward(model)) is {r.item()} in float64: the product of |θ| "
+            "over this many layers overflows; feed a smaller constant than ones (the ranking "
+            "is the same for a bias-free network) or score fewer layers"
+        )
+    grads = _grads(r, params, "`forward(model)`")
+    # float64 scores: R grows by orders of magnitude per layer (1e59 for BERT-base), past float32
+    return {n: p.detach() * g for (n, p), g in zip(params.items(), grads, strict=True)}
 
 
 def synflow_scores(
@@ -211,7 +219,8 @@ def synflow_scores(
     mask: Mask | None = None,
     adapter: AdapterArg = None,
 ) -> dict[str, torch.Tensor]:
-    """SynFlow scores ``|θ| ⊙ ∂R/∂|θ|`` of one step, with ``R = sum(forward(model))`` (data-free).
+    """SynFlow scores ``|θ| ⊙ ∂R/∂|θ|`` of one step, with ``R = sum(forward(model))`` (data-free),
+    in float64 (they exceed float32's range on deep networks).
 
     While scoring, every floating-point parameter and buffer is ``|θ|`` in float64 (pruned
     entries of ``mask`` at 0), dropout is off and ``nn.LayerNorm`` acts as ``x·|γ| + |β|``; the
