@@ -53,9 +53,13 @@ def main() -> None:
 
     ones = torch.ones(1, 128, 768, dtype=torch.float64)
 
+    # query/key: SynFlow's gradient is 0 on a constant input (uniform attention) and its float64
+    # rounding noise overflows on 12 layers, so they are left out of the scored set here
+    flow = {n: p for n, p in prunable.items() if ".query." not in n and ".key." not in n}
+
     def synflow_iteration():  # one score + one exact selection, as each of the 100 iterations
         s = synflow_scores(
-            model, lambda m: m(inputs_embeds=ones).last_hidden_state, adapter=_Prunable(prunable)
+            model, lambda m: m(inputs_embeds=ones).last_hidden_state, adapter=_Prunable(flow)
         )
         vlticket.prune_by_score(s, sparsity=0.5)
 

@@ -226,3 +226,9 @@ def test_synflow_overflow_is_refused():
     net = _deep(200)  # 64^200 overflows float64
     with pytest.raises(vlticket.ArgumentError, match="overflows"):
         synflow_scores(net, lambda m: m(torch.ones(1, 64, dtype=torch.float64)))
+
+
+def test_synflow_nonfinite_scores_are_refused():
+    net = _net()  # sqrt at 0: R = 0 is finite, its gradient is not
+    with pytest.raises(vlticket.ArgumentError, match="overflows float64"):
+        synflow_scores(net, lambda m: torch.sqrt(m(torch.ones(1, 3, dtype=torch.float64)) * 0))

@@ -209,7 +209,16 @@ def _synflow_once(
         )
     grads = _grads(r, params, "`forward(model)`")
     # float64 scores: R grows by orders of magnitude per layer (1e59 for BERT-base), past float32
-    return {n: p.detach() * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    scores = {n: p.detach() * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    for n, s in scores.items():
+        if not bool(torch.isfinite(s).all()):
+            raise ArgumentError(
+                f"SynFlow score of tensor {n!r} overflows float64. Attention query/key weights "
+                "have zero SynFlow gradient on a constant input (uniform attention) and their "
+                "rounding noise overflows in deep transformers (BERT-base): leave them out of "
+                "the scored set (an adapter) or score fewer layers"
+            )
+    return scores
 
 
 def synflow_scores(
