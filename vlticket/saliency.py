@@ -235,7 +235,9 @@ def synflow_scores(
     entries of ``mask`` at 0), dropout is off and ``nn.LayerNorm`` acts as ``x·|γ| + |β|``; the
     model is restored bit for bit afterwards. ``forward(model)`` must feed an all-ones input in
     float64 (for a transformer: ``inputs_embeds`` of ones, so word embeddings are not scored:
-    leave them out with an ``adapter``); softmax of equal logits is uniform, which is fine.
+    leave them out with an ``adapter``). Softmax of equal logits is uniform whatever the query
+    and key weights are, so their SynFlow gradient is 0 and they are pruned first, whole
+    matrices at a time: for attention, score them another way or leave them out.
 
     Example:
         >>> import torch, vlticket
