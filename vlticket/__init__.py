@@ -11,7 +11,7 @@ Where things live, bottom to top (each layer imports only from those below it):
 - ``cli`` and ``demo``.
 """
 
-from . import adapters, adversarial, baselines, hub
+from . import adapters, adversarial, baselines, hub, saliency
 from ._version import __version__
 from .adapters import adapter_for
 from .core import (
@@ -29,6 +29,8 @@ from .core import (
     prune_random,
     tensor_iou,
 )
+from .dynamic import DynamicSparsity
+from .early_bird import EarlyBird
 from .errors import (
     ArgumentError,
     FileFormatError,
@@ -48,6 +50,8 @@ from .structured import prune_structured
 __all__ = [
     "ArgumentError",
     "Checkpoint",
+    "DynamicSparsity",
+    "EarlyBird",
     "FileFormatError",
     "HubError",
     "Mask",
@@ -82,6 +86,7 @@ __all__ = [
     "push_sparse",
     "register_adapter",
     "relaxed_ticket",
+    "saliency",
     "save_sparse",
     "shrink",
     "tensor_iou",

@@ -112,7 +112,9 @@ def prune_by_score(
     gradients (``|w * grad|``), from a saliency method, or magnitudes computed elsewhere.
 
     Args:
-        scores: name -> non-negative, finite floating-point tensor (the weight's shape).
+        scores: name -> finite floating-point tensor (the weight's shape). Signed scores
+            (GraSP's) rank exactly by value: float16/bfloat16/float32 exactly, float64 at
+            53-bit precision (monotone, near-equal values may tie); see ``_order_keys``.
         sparsity, amount, mask, scope, largest: as in :func:`prune_magnitude`.
         adapter: the adapter whose canonical names key ``scores``: it groups them for
             ``scope="stream"``/``"layer"`` and is recorded in the mask.
@@ -128,16 +130,43 @@ def prune_by_score(
     tensors, keeps = targets(named_tensors(scores, param="scores"), mask, None, param="scores")
     groups = scope_groups(scope, naming, list(tensors))
     for name, t in tensors.items():
-        if (t < 0).any():
+        if not bool(torch.isfinite(t).all()):
             raise ArgumentError(
-                f"`scores[{name!r}]` holds negative values; scores rank by value and must be "
-                "non-negative (take `.abs()`, or shift them)"
+                f"`scores[{name!r}]` holds NaN or inf values; scores must be finite"
             )
+    if any(bool((t < 0).any()) for t in tensors.values()):
+        tensors = _order_keys(tensors)
     parts = {n: TensorPart(t, keeps.get(n), t.numel()) for n, t in tensors.items()}
     out = select(
         parts, sparsity=sparsity, amount=amount, scope=scope, largest=largest, groups=groups
     )
     return Mask(out, adapter=record_of(naming))
+
+
+def _order_keys(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Signed scores as non-negative float64 keys in the same order, for the selection (which
+    ranks magnitudes). Each score's IEEE bits go through the monotone float -> unsigned map
+    (negative: ``~bits``; non-negative: ``bits | sign bit``). float16/bfloat16/float32 scores are
+    widened to float32 first (exact), so their 32-bit keys fit a float64 exactly and the order
+    is exact (-0.0 ranks just below +0.0). If any tensor is float64, all are ranked by 64-bit
+    keys rounded to float64's 53 bits: still monotone, but scores closer than that may tie
+    (ties prune in name, then row-major order). Costs one float64 copy of the scores.
+    """
+    wide = any(t.dtype == torch.float64 for t in scores.values())
+    fdtype, idtype, bits = (
+        (torch.float64, torch.int64, 64) if wide else (torch.float32, torch.int32, 32)
+    )
+    out = {}
+    for name, t in scores.items():
+        i = t.detach().to(fdtype).contiguous().view(idtype)
+        if wide:  # int64 has no room for unsigned keys: offset the ordered signed ones instead
+            flipped = torch.where(i < 0, i ^ ((1 << 63) - 1), i)  # order-preserving signed
+            out[name] = flipped.to(torch.float64) + float(1 << 63)
+        else:
+            u = i.to(torch.int64) & ((1 << bits) - 1)
+            key = torch.where(i < 0, ~u & ((1 << bits) - 1), u | (1 << (bits - 1)))
+            out[name] = key.to(torch.float64)
+    return out
 
 
 def prune_random(

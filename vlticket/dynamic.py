@@ -1,0 +1,291 @@
+"""Dynamic sparse training in the user's own loop: RigL (Evci et al. 2020) and SET.
+
+Every ``update_every`` steps until ``end``, a fraction ``α/2·(1 + cos(π t / end))`` of each
+tensor's active weights (or of all of them, ``scope="global"``) is dropped, smallest magnitude
+first, and as many inactive weights are grown: largest *dense* gradient first (RigL), or at
+random (SET). Grown weights start at 0 with zeroed optimizer state. Counts are exact and ties
+deterministic (the selection of :func:`vlticket.prune_by_score`).
+
+The attached :class:`~vlticket.MaskHandle` masks gradients as they are accumulated, so the dense
+gradient RigL needs is caught earlier: a tensor hook, armed only for the backward passes of an
+update step, adds each incoming gradient to a buffer before accumulation. The handle's keep
+tensors are updated in place, so the mask stays attached and current. Under
+``torch.distributed`` the dense gradients are averaged over ranks before growing, and SET draws
+from a seeded generator, so every rank computes the same mask.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from ._naming import check_layout
+from .core import Mask, MaskHandle, prune_by_score
+from .core.attach import _hookable
+from .core.selection import check_scope
+from .errors import ArgumentError, FileFormatError
+
+GROW = ("gradient", "random")
+
+
+def _positive_int(value: object, param: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArgumentError(f"`{param}`: expected an int > 0, found {value!r}")
+    return value
+
+
+def _dist_world() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class DynamicSparsity:
+    """Drop-and-grow updates of an attached mask; call :meth:`step` after ``optimizer.step()``.
+
+    Args:
+        handle: the mask attached with ``mask.attach(model, optimizer)``; it is kept current.
+        optimizer: the optimizer whose state is reset for grown weights.
+        update_every: ΔT, steps between updates (100 in RigL).
+        end: T_end, the step after which the mask is fixed (RigL: 75% of training).
+        alpha: the initial fraction updated, in (0, 1) (0.3 in RigL).
+        scope: ``"tensor"`` keeps every tensor's count (RigL's default) or ``"global"``.
+        grow: ``"gradient"`` (RigL) or ``"random"`` (SET).
+        seed: the generator seed for ``grow="random"`` (the same on every rank).
+
+    Example:
+        >>> import torch, vlticket
+        >>> net = torch.nn.Linear(16, 16)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        >>> handle = vlticket.prune_random(net, sparsity=0.8, seed=0).attach(net, opt)
+        >>> rigl = vlticket.DynamicSparsity(handle, opt, update_every=2, end=10)
+        >>> for _ in range(4):
+        ...     net(torch.randn(4, 16)).pow(2).sum().backward()
+        ...     opt.step(); opt.zero_grad()
+        ...     updated = rigl.step()
+        >>> rigl.updates, handle.mask.num_kept
+        (2, 51)
+    """
+
+    def __init__(
+        self,
+        handle: MaskHandle,
+        optimizer: torch.optim.Optimizer,
+        *,
+        update_every: int = 100,
+        end: int,
+        alpha: float = 0.3,
+        scope: str = "tensor",
+        grow: str = "gradient",
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(handle, MaskHandle) or not handle.attached:
+            raise ArgumentError("`handle`: expected an attached vlticket.MaskHandle")
+        self._optimizer = _hookable(optimizer)
+        self.update_every = _positive_int(update_every, "update_every")
+        self.end = _positive_int(end, "end")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+            raise ArgumentError(f"`alpha`: expected a float in (0, 1), found {alpha!r}")
+        check_scope(scope)
+        if grow not in GROW:
+            raise ArgumentError(f"`grow`: expected one of {GROW}, found {grow!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ArgumentError(f"`seed`: expected an int, found {seed!r}")
+        self.alpha, self.scope, self.grow, self.seed = float(alpha), scope, grow, seed
+        self._handle = handle
+        # The handle's own tensors: updating them in place keeps its hooks current.
+        self._params: dict[str, torch.Tensor] = dict(handle._params)
+        self._keep: dict[str, torch.Tensor] = handle._keep
+        self._generator = torch.Generator().manual_seed(seed)
+        self.t = 0
+        self.updates = 0
+        self._dense: dict[str, torch.Tensor] = {}
+        self._armed = False
+        self._hooks = [
+            p.register_hook(self._catch(n)) for n, p in self._params.items() if p.requires_grad
+        ]
+        self._arm()
+
+    # -- the dense gradient -------------------------------------------------------------------
+    def _catch(self, name: str):
+        def hook(grad: torch.Tensor) -> None:
+            if self._armed:
+                buf = self._dense.get(name)
+                if buf is None:
+                    self._dense[name] = grad.detach().clone()
+                else:
+                    buf.add_(grad.detach())
+
+        return hook
+
+    def _due(self, t: int) -> bool:
+        return t % self.update_every == 0 and t < self.end
+
+    def _arm(self) -> None:
+        self._dense.clear()
+        self._armed = self.grow == "gradient" and self._due(self.t + 1)
+
+    def fraction(self, t: int) -> float:
+        """The fraction of active weights updated at step ``t`` (cosine decay to 0 at ``end``)."""
+        return self.alpha / 2 * (1 + math.cos(math.pi * t / self.end))
+
+    # -- the update ---------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Count one training step; update the mask if it is an update step. Returns whether
+        it updated. Call it after ``optimizer.step()`` on every step, on every rank."""
+        self.t += 1
+        updated = False
+        if self._due(self.t):
+            self._update(self.fraction(self.t))
+            self.updates += 1
+            updated = True
+        self._arm()
+        return updated
+
+    def _grow_scores(self) -> dict[str, torch.Tensor]:
+        if self.grow == "random":
+            return {
+                n: torch.rand(k.shape, generator=self._generator).to(k.device)
+                for n, k in self._keep.items()
+            }
+        world = _dist_world()
+        out = {}
+        for n, k in self._keep.items():
+            g = self._dense.get(n)
+            if g is None:  # no gradient reached it: nothing to prefer
+                g = torch.zeros(k.shape, device=k.device)
+            elif world > 1:
+                torch.distributed.all_reduce(g)
+                g.div_(world)
+            out[n] = g.abs().float()
+        return out
+
+    @torch.no_grad()
+    def _update(self, frac: float) -> None:
+        current = Mask(dict(self._keep))
+        magnitudes = {n: p.detach().abs() for n, p in self._params.items()}
+        after = prune_by_score(magnitudes, amount=frac, mask=current, scope=self.scope)
+        dropped = {n: int(current[n].sum()) - int(after[n].sum()) for n in current}
+        scores = self._grow_scores()
+        pools = [[n] for n in current] if self.scope == "tensor" else [list(current)]
+        new = {}
+        for pool in pools:
+            count = sum(dropped[n] for n in pool)
+            candidates = {n: ~after[n] for n in pool}
+            new.update(_grow(scores, candidates, count, after))
+        for n, p in self._params.items():
+            p.mul_(after[n])  # dropped weights to 0; grown ones start at 0
+            for v in self._optimizer.state.get(p, {}).values():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    v.mul_(after[n])
+            self._keep[n].copy_(new[n])
+            if self._handle.mask[n] is not self._keep[n]:
+                self._handle.mask[n].copy_(new[n].to(self._handle.mask[n].device))
+
+    # -- resuming -----------------------------------------------------------------------------
+    def _config(self) -> torch.Tensor:
+        return torch.tensor(
+            [
+                self.update_every,
+                self.end,
+                self.alpha,
+                ("global", "tensor").index(self.scope),
+                GROW.index(self.grow),
+                self.seed,
+            ],
+            dtype=torch.float64,
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only, for ``safetensors.torch.save_file``: step, settings, generator, and the
+        current keep tensors (``keep.<name>``)."""
+        state = {
+            "step": torch.tensor([self.t, self.updates], dtype=torch.int64),
+            "config": self._config(),
+            "generator": self._generator.get_state(),
+        }
+        state.update({f"keep.{n}": k.detach().to("cpu").clone() for n, k in self._keep.items()})
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Resume exactly from :meth:`state_dict`: the mask, weights and optimizer state are
+        re-masked and the schedule continues. Everything is checked before anything changes.
+        """
+        if not isinstance(state, Mapping) or not all(
+            isinstance(v, torch.Tensor) for v in state.values()
+        ):
+            raise ArgumentError("`state`: expected a mapping of name to tensor (state_dict())")
+        for key in ("step", "config", "generator"):
+            if key not in state:
+                raise FileFormatError(f"`state`: missing {key!r}; not a DynamicSparsity state")
+        keeps = {k[len("keep.") :]: v for k, v in state.items() if k.startswith("keep.")}
+        check_layout(self._keep, keeps, what="the attached mask", where="the saved state")
+        for n, v in keeps.items():
+            if v.dtype != torch.bool:
+                raise FileFormatError(f"`state['keep.{n}']`: expected torch.bool, found {v.dtype}")
+        step = state["step"]
+        if step.dtype != torch.int64 or step.shape != (2,) or bool((step < 0).any()):
+            raise FileFormatError(f"`state['step']`: expected 2 non-negative int64, found {step}")
+        config = state["config"]
+        if config.shape != (6,) or not torch.equal(config.double(), self._config()):
+            raise ArgumentError(
+                f"`state['config']` {config.tolist()} differs from this object's settings "
+                f"{self._config().tolist()} (update_every, end, alpha, scope, grow, seed)"
+            )
+        generator = state["generator"]
+        if generator.dtype != torch.uint8 or generator.shape != self._generator.get_state().shape:
+            raise FileFormatError("`state['generator']`: not a CPU generator state")
+        self._generator.set_state(generator.clone())
+        self.t, self.updates = (int(x) for x in step)
+        for n, p in self._params.items():
+            keep = keeps[n].to(p.device)
+            self._keep[n].copy_(keep)
+            if self._handle.mask[n] is not self._keep[n]:
+                self._handle.mask[n].copy_(keep.to(self._handle.mask[n].device))
+            p.mul_(keep)
+            for v in self._optimizer.state.get(p, {}).values():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    v.mul_(keep)
+        self._arm()
+
+    def remove(self) -> None:
+        """Remove the gradient hooks (the mask stays attached through its handle)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._armed = False
+        self._dense.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"DynamicSparsity(grow={self.grow!r}, step={self.t}, updates={self.updates}, "
+            f"update_every={self.update_every}, end={self.end})"
+        )
+
+
+def _grow(
+    scores: Mapping[str, torch.Tensor],
+    candidates: dict[str, torch.Tensor],
+    count: int,
+    after: Mask,
+) -> dict[str, torch.Tensor]:
+    """The new keep tensors of one pool: ``after`` plus the ``count`` best-scored candidates."""
+    available = sum(int(c.sum()) for c in candidates.values())
+    if count == 0:
+        return {n: after[n].clone() for n in candidates}
+    if count >= available:
+        return {n: after[n] | candidates[n] for n in candidates}
+    # prune_by_score(largest=True) removes the `count` highest-scored candidates: those grow.
+    # amount * available rounds back to exactly `count` (the error is far below 1/2).
+    rest = prune_by_score(
+        {n: scores[n] for n in candidates},
+        amount=count / available,
+        mask=Mask(candidates),
+        largest=True,
+    )
+    return {n: after[n] | (candidates[n] & ~rest[n]) for n in candidates}
+
+
+__all__ = ["GROW", "DynamicSparsity"]
