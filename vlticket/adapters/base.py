@@ -191,6 +191,12 @@ class TextLayers:
     embeddings: str
 
 
+BERT_TEXT_LAYERS = TextLayers(
+    layer="encoder.layer.{n}.", rename={m: m for m in BERT_MATRICES}, embeddings="embeddings."
+)
+"""BERT's layers onto ``encoder.layer.N`` under BERT's own names (UNITER, LXMERT, VisualBERT)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Adapter:
     """Canonical names, the default prunable set and groups of one model family in one form.

@@ -20,12 +20,11 @@ from .._naming import unwrap
 from ..errors import ArgumentError
 from .base import (
     BERT_LAYER,
-    BERT_MATRICES,
+    BERT_TEXT_LAYERS,
     Adapter,
     Embed,
     Forward,
     Structure,
-    TextLayers,
     attention_heads,
     bert_structure,
     embeddings,
@@ -114,11 +113,7 @@ LXMERT = Adapter(
     signature=(r"encoder\.x_layers\.\d+\.visual_attention\.att\.query\.weight",),
     parts=PARTS,
     description="LXMERT: transformers Lxmert* and the original LXRT code (same canonical names)",
-    text_layers=TextLayers(
-        layer="encoder.layer.{n}.",
-        rename={m: m for m in BERT_MATRICES},
-        embeddings="embeddings.",
-    ),
+    text_layers=BERT_TEXT_LAYERS,
     embedding_hooks=embedding_hooks,
     structure=STRUCTURE,
 )

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from .base import (
     BERT_LAYER,
-    BERT_MATRICES,
+    BERT_TEXT_LAYERS,
     Adapter,
-    TextLayers,
     bert_structure,
     embeddings,
     layers,
@@ -37,10 +36,6 @@ UNITER = Adapter(
     ),
     parts=PARTS,
     description="UNITER original code base (UniterModel under `uniter.`)",
-    text_layers=TextLayers(
-        layer="encoder.layer.{n}.",
-        rename={m: m for m in BERT_MATRICES},
-        embeddings="embeddings.",
-    ),
+    text_layers=BERT_TEXT_LAYERS,
     structure=bert_structure("encoder.layer"),
 )

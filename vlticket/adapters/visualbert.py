@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from .base import (
     BERT_LAYER,
-    BERT_MATRICES,
+    BERT_TEXT_LAYERS,
     Adapter,
-    TextLayers,
     bert_structure,
     embeddings,
     layers,
@@ -38,10 +37,6 @@ VISUALBERT = Adapter(
     ),
     parts=PARTS,
     description="VisualBERT: transformers VisualBertModel / VisualBertFor* (single stream)",
-    text_layers=TextLayers(
-        layer="encoder.layer.{n}.",
-        rename={m: m for m in BERT_MATRICES},
-        embeddings="embeddings.",
-    ),
+    text_layers=BERT_TEXT_LAYERS,
     structure=bert_structure("encoder.layer"),
 )
