@@ -24,10 +24,10 @@ import torch
 from ._naming import check_layout
 from .core import Mask, MaskHandle, prune_by_score
 from .core.attach import _hookable
-from .core.selection import check_scope
 from .errors import ArgumentError, FileFormatError
 
 GROW = ("gradient", "random")
+SCOPES = ("global", "tensor")  # as RigL: every tensor keeps its count, or one pool
 
 
 def _positive_int(value: object, param: str) -> int:
@@ -87,7 +87,8 @@ class DynamicSparsity:
         self.end = _positive_int(end, "end")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
             raise ArgumentError(f"`alpha`: expected a float in (0, 1), found {alpha!r}")
-        check_scope(scope)
+        if scope not in SCOPES:  # per stream or layer would need the adapter's groups
+            raise ArgumentError(f"`scope`: expected one of {SCOPES}, found {scope!r}")
         if grow not in GROW:
             raise ArgumentError(f"`grow`: expected one of {GROW}, found {grow!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -190,7 +191,7 @@ class DynamicSparsity:
                 self.update_every,
                 self.end,
                 self.alpha,
-                ("global", "tensor").index(self.scope),
+                SCOPES.index(self.scope),
                 GROW.index(self.grow),
                 self.seed,
             ],
