@@ -23,7 +23,7 @@ import torch
 
 from ._naming import check_layout
 from .core import Mask, MaskHandle, prune_by_score
-from .core.attach import _hookable
+from .core.attach import hookable_optimizer
 from .errors import ArgumentError, FileFormatError
 
 GROW = ("gradient", "random")
@@ -82,7 +82,7 @@ class DynamicSparsity:
     ) -> None:
         if not isinstance(handle, MaskHandle) or not handle.attached:
             raise ArgumentError("`handle`: expected an attached vlticket.MaskHandle")
-        self._optimizer = _hookable(optimizer)
+        self._optimizer = hookable_optimizer(optimizer)
         self.update_every = _positive_int(update_every, "update_every")
         self.end = _positive_int(end, "end")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:

@@ -75,7 +75,7 @@ def _zero_pruned(t: torch.Tensor, keep: torch.Tensor) -> None:
         t.view(torch_int).mul_(keep)
 
 
-def _hookable(optimizer: object) -> torch.optim.Optimizer:
+def hookable_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The optimizer whose ``step()`` runs: wrappers such as accelerate's hold it in
     ``.optimizer`` and may skip ``Optimizer.__init__``, so hooks must go on the inner one."""
     while not hasattr(optimizer, "_optimizer_step_post_hooks") and isinstance(
@@ -141,7 +141,7 @@ class MaskHandle:
                     f"cannot attach to {name!r}: expected a leaf parameter, found a view or a "
                     "computed tensor; give the adapter's or module's own parameters"
                 )
-        step_owner = _hookable(optimizer) if optimizer is not None else None  # check first
+        step_owner = hookable_optimizer(optimizer) if optimizer is not None else None  # check first
         self.mask = mask
         self._keep = {n: mask[n].to(p.device) for n, p in params.items()}
         self._params = dict(params)
@@ -178,7 +178,7 @@ class MaskHandle:
         The optimizer's state for pruned weights (momentum, Adam moments from dense training)
         is zeroed too, so it carries nothing over to them.
         """
-        self._add(_hookable(optimizer))
+        self._add(hookable_optimizer(optimizer))
 
     def _add(self, optimizer: torch.optim.Optimizer) -> None:
         for name, p in self._owned(optimizer):

@@ -26,6 +26,7 @@ from torch import nn
 from .._naming import AUTO, AdapterArg, auto_adapter, model_state, named_tensors
 from ..adapters import groups_for
 from ..core import Checkpoint, Mask, group_sparsity, prune_magnitude
+from ..core.attach import hookable_optimizer
 from ..core.selection import check_scope
 from ..errors import ArgumentError, FileFormatError, VlticketError
 from ..hub import Ticket
@@ -72,13 +73,6 @@ def _number(name: str, value: Any) -> float:
     return out
 
 
-def _inner(optimizer: Any) -> torch.optim.Optimizer:
-    # Wrappers (accelerate's) step the optimizer they hold; its step is the one that happens.
-    while not hasattr(optimizer, "_optimizer_step_post_hooks") and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
 class Round:
     """One round of a :class:`TicketSearch`: train ``model`` with ``mask`` in force, then report.
 
@@ -112,7 +106,7 @@ class Round:
             raise VlticketError(
                 f"round {self.index} is over: add the optimizer to the running round"
             )
-        inner = _inner(optimizer)
+        inner = hookable_optimizer(optimizer)  # a wrapper's (accelerate's) inner optimizer
         if any(o is inner for o in self._optimizers):
             return
         self._search._handle.add_optimizer(optimizer)  # validates the optimizer first
