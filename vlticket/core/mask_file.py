@@ -23,7 +23,6 @@ from ._passes import count_true
 
 FORMAT = "vlticket.mask"
 FORMAT_VERSION = "1"
-MAX_DIMS = _files.MAX_DIMS
 
 
 def save(
@@ -98,7 +97,7 @@ def _read_checked(
 
 
 def _shape(value: object) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > MAX_DIMS:
+    if not isinstance(value, list) or len(value) > _files.MAX_DIMS:
         raise ValueError(f"bad shape {str(value)[:80]}")
     for d in value:
         if not isinstance(d, int) or isinstance(d, bool) or d < 0:

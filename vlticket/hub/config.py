@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .._files import MAX_DIMS
 from .._version import __version__
 from ..adapters import groups_for
 from ..core import Checkpoint, Mask, group_stats
@@ -298,7 +299,7 @@ class TicketConfig:
 def _shapes_table(table: Any, where: str, key: str) -> Shapes:
     if not isinstance(table, dict) or not all(
         isinstance(shape, list)
-        and len(shape) <= 64
+        and len(shape) <= MAX_DIMS
         and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
         for shape in table.values()
     ):
