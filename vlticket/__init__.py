@@ -6,8 +6,9 @@ Where things live, bottom to top (each layer imports only from those below it):
 - ``core``: :class:`Mask`, pruning, :class:`Checkpoint` (rewinding), similarity metrics and
   :class:`MaskHandle` (a mask kept in force while training);
 - ``adapters``: canonical names of model families (LXMERT, UNITER, ViLT, patterns);
-- ``search`` (IMP), ``structured`` / ``shrink`` (whole heads and neurons), ``baselines``,
-  ``adversarial``, ``distributed``, ``hub`` (sharing);
+- ``hub`` (sharing), then the methods: ``structured`` / ``shrink`` (whole heads and neurons),
+  ``export``, ``saliency``, ``early_bird``, ``dynamic``, ``baselines``, ``adversarial``,
+  ``distributed``; above them ``search`` (IMP), which may drive any of them;
 - ``cli`` and ``demo``.
 """
 
