@@ -389,6 +389,21 @@ def test_push_folder_validates_before_any_request(hub, folder):  # noqa: F811
     assert hub.requests == []
 
 
+def test_push_folder_sends_what_it_validated(hub, folder, mask, monkeypatch):  # noqa: F811
+    """A folder overwritten between validation and upload does not change what is sent."""
+    from vlticket.hub import remote
+
+    real_upload = remote.upload
+
+    def overwrite_then_upload(*args, **kwargs):
+        _rewrite(folder, "mask.safetensors", b"garbage!" * 4)
+        return real_upload(*args, **kwargs)
+
+    monkeypatch.setattr(remote, "upload", overwrite_then_upload)
+    vhub.push_folder(folder, "alice/t")
+    assert Ticket.from_pretrained("alice/t").mask == mask
+
+
 # -- adapters -----------------------------------------------------------------------------------
 class _Wrapped(torch.nn.Module):
     def __init__(self, labels: int) -> None:

@@ -375,11 +375,18 @@ def push_folder(
     remote.check_repo_id(repo_id)
     if not Path(folder).is_dir():
         raise ArgumentError(f"`folder`: {str(folder)!r} is not a folder")
-    ticket = load_folder(Path(folder), with_checkpoint=True)
-    files = (CONFIG_FILE, CARD_FILE, *ticket.config.files)
-    return remote.upload(
-        Path(folder), repo_id, commit_message, private, token, revision, create_pr, files
-    )
+    files = (CONFIG_FILE, CARD_FILE, *load_folder(Path(folder), with_checkpoint=True).config.files)
+    # Upload a private copy, validated again, so that what is checked is what is sent even if
+    # the folder is re-saved meanwhile.
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in files:
+            if (Path(folder) / name).is_file():
+                shutil.copyfile(Path(folder) / name, Path(tmp) / name)
+        copied = load_folder(Path(tmp), with_checkpoint=True).config.files
+        files = (CONFIG_FILE, CARD_FILE, *copied)
+        return remote.upload(
+            Path(tmp), repo_id, commit_message, private, token, revision, create_pr, files
+        )
 
 
 def download_ticket(
