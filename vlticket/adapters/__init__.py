@@ -20,6 +20,7 @@ from .detect import adapter_for
 from .groups import groups_for
 from .patterns import PatternAdapter
 from .structure import Site, blocks_for
+from .text_init import TextInit, init_language_stream
 
 for _builtin in (
     bert.BERT,
@@ -39,6 +40,7 @@ __all__ = [
     "PatternAdapter",
     "Site",
     "Structure",
+    "TextInit",
     "TextLayers",
     "UnknownModelError",
     "adapter_for",
@@ -49,6 +51,7 @@ __all__ = [
     "clip",
     "get",
     "groups_for",
+    "init_language_stream",
     "lxmert",
     "register_adapter",
     "uniter",

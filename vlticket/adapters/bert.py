@@ -76,11 +76,11 @@ class BertWeights(dict):
 
     def summary(self) -> str:
         """One line, e.g. ``mapped 2 BERT layers (0-1); left out layers 2-3 of the model``."""
-        text = f"mapped {len(self.layers)} BERT layers ({_spans(self.layers)})"
+        text = f"mapped {len(self.layers)} BERT layers ({spans(self.layers)})"
         if self.unused:
-            text += f"; BERT layers {_spans(self.unused)} have no place in the model"
+            text += f"; BERT layers {spans(self.unused)} have no place in the model"
         if self.left_out:
-            text += f"; left out layers {_spans(self.left_out)} of the model (own weights kept)"
+            text += f"; left out layers {spans(self.left_out)} of the model (own weights kept)"
         return text
 
 
@@ -185,7 +185,7 @@ def _model_layers(own: Mapping[str, torch.Tensor], template: str) -> set[int]:
     return {int(m[1]) for n in own if (m := re.match(head, n))}
 
 
-def _spans(indices: list[int]) -> str:
+def spans(indices: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``'0-2, 5'``."""
     spans: list[list[int]] = []
     for i in indices:
