@@ -380,3 +380,19 @@ def test_the_report_prints_grouped_by_reason():
         "  5  not part of a BERT-family encoder (a task head or another model's tensor): "
         "cls.predictions.bias, cls.predictions.transform.dense.weight, ..."
     )
+
+
+def test_half_precision_text_weights_are_cast_and_buffers_are_not_weights():
+    text = bert(layers=1).to(torch.bfloat16)
+    sd = {**text.state_dict(), "embeddings.position_ids": torch.arange(512)[None]}
+    model = UniterForVisualQuestionAnswering(layers=1, h=H, i=2 * H)
+    report = adapters.init_language_stream(model, sd)
+    assert report.notes == ["cast from torch.bfloat16 to torch.float32"]
+    assert model.uniter.encoder.layer[0].output.dense.weight.dtype == torch.float32
+    assert torch.equal(
+        model.uniter.encoder.layer[0].output.dense.weight,
+        sd["encoder.layer.0.output.dense.weight"].float(),
+    )
+    assert report.unused == {
+        "embeddings.position_ids": "not a floating-point weight (a buffer such as position_ids)"
+    }

@@ -30,7 +30,7 @@ from .detect import adapter_for
 logger = logging.getLogger(__name__)
 
 _TEXT_NAME = re.compile(
-    r"(?:module\.)*(?:(?P<family>bert|roberta|electra|distilbert)\.)?"
+    r"(?:module\.)*(?:(?:bert|roberta|electra|distilbert)\.)?"
     r"(?:(?:encoder|transformer)\.layer\.(?P<n>\d+)\.(?P<inner>.+)"
     r"|embeddings\.(?P<emb>.+)|pooler\.(?P<pool>.+))"
 )
@@ -65,10 +65,11 @@ class TextInit:
     Attributes:
         family: the V+L adapter's name.
         layers: ``{text layer: V+L language layer}`` as loaded.
+        parts: the other parts loaded: ``"embeddings"``, ``"pooler"``.
         loaded: ``{V+L model tensor: text model tensors}`` (several for a fused q/k/v).
         left: ``{V+L model tensor: why it kept its own value}``, every other model tensor.
         unused: ``{text model tensor: why it was not loaded}``.
-        notes: conversions made on the way (e.g. RoBERTa's position offset).
+        notes: conversions made on the way (RoBERTa's position offset, dtype casts).
     """
 
     family: str
@@ -80,8 +81,8 @@ class TextInit:
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line, e.g. ``loaded 45 tensors into 'uniter': text layers 0-1 onto language
-        layers 0-1, embeddings, pooler; 8 left as they were, 3 unused``."""
+        """One line, e.g. ``loaded 39 tensors into 'uniter': text layers 0-1 onto the same
+        language layers, embeddings, pooler; 33 left as they were, 0 unused``."""
         parts = [_layer_text(self.layers)] if self.layers else []
         where = ", ".join(parts + self.parts) or "nothing"
         return (
@@ -135,8 +136,8 @@ def init_language_stream(
 
     Example:
         >>> report = init_language_stream(uniter, bert)   # doctest: +SKIP
-        >>> print(report)                                  # doctest: +SKIP
-        loaded 45 tensors into 'uniter': text layers 0-1 onto language layers 0-1, ...
+        >>> print(report.summary())                        # doctest: +SKIP
+        loaded 39 tensors into 'uniter': text layers 0-1 onto the same language layers, ...
     """
     family = _family(vl_model, adapter)
     text = family.text_layers
@@ -402,6 +403,10 @@ def _values(plan, text: TextLayers, params, canon_to_name, offset: int, report: 
                 f"{sources!r} {tuple(value.shape)}"
             )
             continue
+        if value.dtype != own.dtype:
+            cast = f"cast from {value.dtype} to {own.dtype}"
+            if cast not in report.notes:
+                report.notes.append(cast)
         values[target] = value
     if wrong:
         width = any(".layer." in w.split(" has shape")[0] for w in wrong)
