@@ -302,6 +302,12 @@ def test_any_layer_map_puts_each_text_layer_where_asked(order, count):
             mine = model.uniter.encoder.layer[v].get_parameter(name)
             assert torch.equal(mine, text.encoder.layer[t].get_parameter(name))
     assert len(report.loaded) == 5 + 16 * count + 2
+    # exact: every model tensor is loaded or left, every text tensor used or unused
+    assert set(report.loaded) | set(report.left) == {n for n, _ in model.named_parameters()}
+    assert not set(report.loaded) & set(report.left)
+    used = {src for sources in report.loaded.values() for src in sources}
+    assert used | set(report.unused) == {n for n, _ in text.named_parameters()}
+    assert not used & set(report.unused)
 
 
 @pytest.mark.parametrize(
@@ -315,7 +321,7 @@ def test_any_layer_map_puts_each_text_layer_where_asked(order, count):
         (dict(exclude=[r"nothing\.here"]), vlticket.ArgumentError, "matches no parameter"),
         (dict(exclude=r".*"), vlticket.ArgumentError, "found a str"),
         (dict(exclude=["("]), vlticket.ArgumentError, "not a valid regex"),
-        (dict(adapter="clip"), vlticket.ArgumentError, "does not say where BERT's layers go"),
+        (dict(adapter="clip"), vlticket.ArgumentError, "`adapter`: adapter 'clip' does not say"),
     ],
 )
 def test_bad_arguments_raise_and_change_nothing(kwargs, error, match):
@@ -396,3 +402,23 @@ def test_half_precision_text_weights_are_cast_and_buffers_are_not_weights():
     assert report.unused == {
         "embeddings.position_ids": "not a floating-point weight (a buffer such as position_ids)"
     }
+
+
+def test_a_model_without_a_text_map_is_refused_by_name():
+    clip = transformers.CLIPModel(
+        transformers.CLIPConfig(
+            text_config=dict(
+                hidden_size=H, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+            ),
+            vision_config=dict(
+                hidden_size=H,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=32,
+                image_size=32,
+                patch_size=16,
+            ),
+        )
+    )
+    with pytest.raises(vlticket.ArgumentError, match=r"`vl_model`: adapter 'clip'.*'uniter'"):
+        adapters.init_language_stream(clip, bert())

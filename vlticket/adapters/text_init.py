@@ -214,9 +214,10 @@ def _family(vl_model: nn.Module, adapter: AdapterLike | str | None) -> Adapter:
     found = adapter_for(vl_model) if adapter is None else resolve(adapter)
     if not isinstance(found, Adapter) or found.text_layers is None:
         known = sorted(a.name for a in registered() if getattr(a, "text_layers", None))
+        param = "`vl_model`" if adapter is None else "`adapter`"
         raise ArgumentError(
-            f"`adapter`: {getattr(found, 'name', found)!r} does not say where BERT's layers go; "
-            f"text models load into {known}"
+            f"{param}: adapter {getattr(found, 'name', found)!r} does not say where BERT's layers "
+            f"go; text models load into {known}"
         )
     return found
 
