@@ -28,6 +28,8 @@ def registry(monkeypatch):
 def test_builtin_adapters_are_registered():
     assert adapters.available() == [
         "bert",
+        "blip",
+        "blip-vision",
         "clip",
         "clip-text",
         "clip-vision",
@@ -41,8 +43,8 @@ def test_builtin_adapters_are_registered():
         "visualbert",
     ]
     assert adapters.get("lxmert", pooler=True).options == frozenset({"pooler"})
-    with pytest.raises(vlticket.ArgumentError, match=r"no adapter named 'blip'.*'lxmert'"):
-        adapters.get("blip")
+    with pytest.raises(vlticket.ArgumentError, match=r"no adapter named 'flava'.*'lxmert'"):
+        adapters.get("flava")
     with pytest.raises(vlticket.ArgumentError, match="unknown option"):
         adapters.get("lxmert", heads=True)
 

@@ -16,7 +16,7 @@ H = 16
 UNITER = adapters.get("uniter")
 
 
-def bert(layers=2):
+def bert(layers=2, positions=40):
     torch.manual_seed(7)
     config = BertConfig(
         vocab_size=50,
@@ -24,7 +24,7 @@ def bert(layers=2):
         num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * H,
-        max_position_embeddings=40,
+        max_position_embeddings=positions,
     )
     return BertModel(config).state_dict()
 
@@ -130,3 +130,35 @@ def test_a_distilled_bert_maps_onto_the_same_places():
     assert torch.equal(theta["encoder.layer.0.output.dense.weight"], ffn_out)
     assert "embeddings.word_embeddings.weight" in theta
     assert len(theta) == 6 * 2 + 2  # DistilBERT has no token-type embeddings
+
+
+@pytest.mark.parametrize("family", ["uniter", "lxmert", "vilt", "vilt-original", "visualbert"])
+def test_with_embeddings_the_result_names_the_adapter_that_restores_it(family):
+    theta = adapters.bert_to_vl(bert(layers=1), family, embeddings=True)
+    assert theta.adapter.name == family and theta.adapter.options == {"embeddings"}
+    assert adapters.bert_to_vl(bert(layers=1), family).adapter is adapters.get(family)
+
+
+def test_bert_embeddings_restore_and_serve_the_foreign_weights_baseline():
+    model = UniterForVisualQuestionAnswering(layers=2, h=H, i=2 * H)
+    sd = bert(layers=2, positions=512)
+    theta = adapters.bert_to_vl(sd, model, embeddings=True)
+    assert theta.adapter == adapters.get("uniter", embeddings=True)
+    ticket = vlticket.prune_magnitude(model, sparsity=0.5, adapter=UNITER)  # the default adapter
+    with pytest.raises(vlticket.NameMismatchError, match="embeddings"):  # without embeddings
+        vlticket.Checkpoint(theta).restore(model, ticket, adapter=UNITER)
+    vlticket.Checkpoint(theta).restore(model, ticket, adapter=theta.adapter)
+    words = model.uniter.embeddings.word_embeddings.weight
+    assert torch.equal(words, sd["embeddings.word_embeddings.weight"])
+    fresh = UniterForVisualQuestionAnswering(layers=2, h=H, i=2 * H)
+    theta0 = vlticket.Checkpoint.capture(fresh)  # the whole model, by its own names
+    handle = vlticket.baselines.foreign_weights(
+        fresh, ticket, theta0, vlticket.Checkpoint(theta), adapter=theta.adapter
+    )
+    handle.remove()
+    q = "encoder.layer.1.attention.self.query.weight"
+    assert torch.equal(fresh.uniter.encoder.layer[1].attention.self.query.weight, sd[q] * ticket[q])
+    assert torch.equal(
+        fresh.uniter.embeddings.position_embeddings.weight,
+        sd["embeddings.position_embeddings.weight"],
+    )

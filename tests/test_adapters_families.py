@@ -1,4 +1,4 @@
-"""VisualBERT, CLIP and SigLIP adapters: detection, the documented prunable set, head variants.
+"""VisualBERT, CLIP, SigLIP and BLIP adapters: detection, the prunable set, head variants.
 
 Tiny configs with random weights; nothing is downloaded.
 """
@@ -51,6 +51,13 @@ def siglip(cls="SiglipModel"):
     )
 
 
+def blip(cls="BlipModel"):
+    if cls == "BlipVisionModel":
+        return transformers.BlipVisionModel(transformers.BlipVisionConfig(**VISION))
+    config = transformers.BlipConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)
+    return getattr(transformers, cls)(config)
+
+
 # (model, family, prunable tensors = 6 or 4 per layer, per stream)
 CASES = [
     (lambda: visualbert(), "visualbert", {"cross": 2 * 6}),
@@ -66,6 +73,25 @@ CASES = [
     (lambda: clip("CLIPTextModel"), "clip-text", {"language": 2 * 6}),
     (lambda: siglip("SiglipTextModel"), "siglip-text", {"language": 2 * 6}),
     (lambda: siglip("SiglipForImageClassification"), "siglip", {"vision": 3 * 6}),
+    # BLIP: image layers hold 4 matrices (fused qkv, projection, fc1, fc2); text layers 6 in
+    # the language stream and 4 of cross-attention (cross); the VQA model has a decoder too.
+    (lambda: blip(), "blip", {"language": 2 * 6, "cross": 2 * 4, "vision": 3 * 4}),
+    (
+        lambda: blip("BlipForImageTextRetrieval"),
+        "blip",
+        {"vision": 3 * 4, "language": 2 * 6, "cross": 2 * 4},
+    ),
+    (
+        lambda: blip("BlipForQuestionAnswering"),
+        "blip",
+        {"vision": 3 * 4, "language": 2 * 2 * 6, "cross": 2 * 2 * 4},
+    ),
+    (
+        lambda: blip("BlipForConditionalGeneration"),
+        "blip",
+        {"vision": 3 * 4, "language": 2 * 6, "cross": 2 * 4},
+    ),
+    (lambda: blip("BlipVisionModel"), "blip-vision", {"vision": 3 * 4}),
 ]
 
 
@@ -88,6 +114,11 @@ def test_detected_with_the_documented_prunable_set(build, family, streams):
         (lambda: clip("CLIPVisionModelWithProjection"), lambda: clip("CLIPForImageClassification")),
         (lambda: siglip("SiglipVisionModel"), lambda: siglip("SiglipForImageClassification")),
         (lambda: clip("CLIPVisionModel"), lambda: clip("CLIPForImageClassification")),
+        (lambda: blip(), lambda: blip("BlipForImageTextRetrieval")),
+        (lambda: blip("BlipForImageTextRetrieval"), lambda: blip()),
+        (lambda: blip(), lambda: blip("BlipForQuestionAnswering")),
+        (lambda: blip("BlipForConditionalGeneration"), lambda: blip("BlipForQuestionAnswering")),
+        (lambda: blip("BlipVisionModel"), lambda: blip("BlipForConditionalGeneration")),
     ],
 )
 def test_a_ticket_moves_between_head_variants(source, target):
@@ -174,3 +205,101 @@ def test_visualbert_heads_and_neurons_prune_and_shrink_exactly():
         small = model(input_ids=ids, visual_embeds=visual).last_hidden_state
     assert torch.allclose(dense, small, atol=1e-5)
     assert model.encoder.layer[0].attention.self.num_attention_heads == 1
+
+
+def test_blip_names_layers_and_components():
+    model = blip("BlipForQuestionAnswering")
+    adapter = vlticket.adapter_for(model)
+    layers = adapter.groups(model, by="layer")
+    assert list(layers) == [
+        *(f"vision.layer.{n}" for n in range(3)),
+        "language.layer.0",
+        "cross.layer.0",
+        "language.layer.1",
+        "cross.layer.1",
+        "language.decoder.layer.0",
+        "cross.decoder.layer.0",
+        "language.decoder.layer.1",
+        "cross.decoder.layer.1",
+    ]
+    assert layers["cross.decoder.layer.1"] == [
+        f"text_decoder.encoder.layer.1.crossattention.{m}.weight"
+        for m in ("self.query", "self.key", "self.value", "output.dense")
+    ]
+    components = adapter.groups(model, by="component")
+    assert {c: len(n) for c, n in components.items()} == {
+        "attention": 3 * 2 + 2 * 2 * 4,
+        "ffn": 3 * 2 + 2 * 2 * 2,
+        "cross_attention": 2 * 2 * 4,
+    }
+    # BlipModel's `text_model.` is the task models' `text_encoder.`
+    names = adapter.names(blip())
+    assert names["text_encoder.encoder.layer.0.crossattention.self.key.weight"] == (
+        "text_model.encoder.layer.0.crossattention.self.key.weight"
+    )
+    full = adapters.get("blip", embeddings=True, pooler=True, visual_projection=True)
+    extra = set(full.prunable(blip())) - set(adapter.prunable(blip()))
+    assert extra == {
+        "text_encoder.embeddings.word_embeddings.weight",
+        "text_encoder.embeddings.position_embeddings.weight",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.position_embedding",
+        "vision_model.embeddings.patch_embedding.weight",
+        "text_encoder.pooler.dense.weight",
+        "visual_projection.weight",
+        "text_projection.weight",
+    }
+    # BLIP-2 shares the image encoder but not the rest: not taken for BLIP
+    assert not adapter.matches([*names.values(), "qformer.encoder.layer.0.attention.weight"])
+
+
+def test_blip_heads_and_neurons_prune_and_shrink_exactly():
+    torch.manual_seed(0)
+    model = blip("BlipForImageTextRetrieval").eval()
+    heads = adapters.blocks_for(model, kind="head")
+    assert [(s.block.name, s.block.count, s.block.size) for s in heads][2:5] == [
+        ("vision_model.encoder.layers.2.self_attn", 2, 16),
+        ("text_encoder.encoder.layer.0.attention", 2, 16),
+        ("text_encoder.encoder.layer.0.crossattention", 2, 16),
+    ]
+    assert [s.block.stream for s in heads] == ["vision"] * 3 + ["language", "cross"] * 2
+    assert len(adapters.blocks_for(model, kind="neuron")) == 3 + 2
+    # the image encoder's attention reshapes by its hidden size: its heads are masked only
+    budgets = {"vision": 0.0, "language": 0.5, "cross": 0.5}
+    mask = vlticket.prune_structured(model, granularity="head", sparsity=0.5, budgets=budgets)
+    mask = vlticket.prune_structured(model, granularity="neuron", amount=0.25, mask=mask)
+    mask.apply(model)
+    ids, pixels = torch.randint(1, 100, (2, 5)), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        dense = model(input_ids=ids, pixel_values=pixels).itm_score
+        vlticket.shrink(model, mask)
+        small = model(input_ids=ids, pixel_values=pixels).itm_score
+    assert torch.allclose(dense, small, atol=1e-5)
+    layer = model.text_encoder.encoder.layer[0]
+    assert layer.attention.self.num_attention_heads == 1
+    assert layer.crossattention.self.num_attention_heads == 1
+    vision_heads = vlticket.prune_structured(blip(), granularity="head", sparsity=0.5)
+    with pytest.raises(vlticket.ArgumentError, match="heads cannot be removed"):
+        vlticket.shrink(blip(), vision_heads)
+
+
+def test_bert_initialises_the_blip_text_encoder_but_not_its_cross_attention():
+    bert = transformers.BertModel(transformers.BertConfig(**TEXT))
+    model = blip("BlipForImageTextRetrieval")
+    report = adapters.init_language_stream(model, bert)
+    layer = model.text_encoder.encoder.layer[1]
+    assert torch.equal(
+        layer.attention.self.query.bias, bert.encoder.layer[1].attention.self.query.bias
+    )
+    assert torch.equal(layer.output.LayerNorm.weight, bert.encoder.layer[1].output.LayerNorm.weight)
+    cross = "text_encoder.encoder.layer.0.crossattention.self.key.weight"
+    assert report.left[cross] == "cross-attention to the image: BERT has none"
+    assert report.unused == {
+        "embeddings.token_type_embeddings.weight": (
+            "the V+L model has no 'text_encoder.embeddings.token_type_embeddings.weight'"
+        ),
+        "pooler.dense.weight": "the V+L model has no 'text_encoder.pooler.dense.weight'",
+        "pooler.dense.bias": "the V+L model has no 'text_encoder.pooler.dense.bias'",
+    }
+    theta = adapters.bert_to_vl(bert.state_dict(), model)  # θ0' onto the same layers
+    assert len(theta) == 2 * 6 and theta.adapter.name == "blip"

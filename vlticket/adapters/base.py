@@ -168,6 +168,12 @@ def bert_structure(where: str) -> tuple[Structure, ...]:
     )
 
 
+# BERT's two layer norms inside one layer (after attention, after the FFN: post-LN).
+BERT_NORMS = {
+    "attention.output.LayerNorm": "attention.output.LayerNorm",
+    "output.LayerNorm": "output.LayerNorm",
+}
+
 Embed = Callable[[Any], Mapping[str, torch.Tensor]]
 Forward = Callable[[Any, Mapping[str, torch.Tensor]], torch.Tensor]
 EmbeddingHooks = Callable[[nn.Module], tuple[Embed, Forward]]
@@ -184,11 +190,20 @@ class TextLayers:
             along rows in ``rename``'s order (the original ViLT's fused ``qkv`` is query, key
             and value).
         embeddings: prefix of the family's text embeddings, e.g. ``"embeddings."``.
+        norms: BERT's layer-norm module inside a layer -> the family's, for
+            :func:`~vlticket.adapters.init_language_stream` (biases follow ``rename``); empty
+            where the family normalises elsewhere (pre-LN ViLT).
+        pooler: prefix of the family's BERT-style pooler (``dense``), ``None`` if it has none.
+        notes: ``(regex on canonical names, reason)``: why a language-stream tensor has no
+            counterpart in a BERT layer, shown in the initialisation report.
     """
 
     layer: str
     rename: Mapping[str, str]
     embeddings: str
+    norms: Mapping[str, str] = field(default_factory=lambda: dict(BERT_NORMS))
+    pooler: str | None = "pooler."
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 BERT_TEXT_LAYERS = TextLayers(
@@ -293,9 +308,14 @@ class Adapter:
                 return m.expand(template)
         return rest
 
+    def stripped(self, name: str) -> str:
+        """Any model name (biases, norms and heads too) with the prefix stripped and renamed as
+        canonical names are; unlike :meth:`canonical` it does not ask whether it is prunable."""
+        return self._to_canonical(self._split(name)[1])
+
     def canonical(self, name: str) -> str | None:
         """The canonical name of one model name, or ``None`` if it is not prunable here."""
-        canon = self._to_canonical(self._split(name)[1])
+        canon = self.stripped(name)
         found = self._part(canon)
         if found is None or found[0].option not in {"layers", *self.options}:
             return None

@@ -8,7 +8,9 @@ BERT layer ``N`` goes to the V+L model's language layer ``N`` (UNITER and ViLT: 
 single-stream layer; LXMERT: ``encoder.layer.N``, its language encoder) with the same shapes.
 Only weight matrices are mapped (plus the text embeddings on request): biases and layer norms
 stay the model's own, like every other weight outside the prunable set. The original ViLT
-fuses q/k/v into one tensor: BERT's query, key and value are stacked into it.
+fuses q/k/v into one tensor: BERT's query, key and value are stacked into it. To initialise a
+language stream from BERT with every tensor (biases, layer norms, pooler), as LXMERT and UNITER
+were built, see :func:`vlticket.adapters.init_language_stream`.
 """
 
 from __future__ import annotations
@@ -68,19 +70,23 @@ class BertWeights(dict):
         unused: BERT layers left out because the model has no such language layer.
         left_out: the model's language layers that got no BERT layer (only with a model as
             ``target``): they keep their own weights, e.g. from a smaller or distilled BERT.
+        adapter: the family adapter whose prunable set names every tensor here (with
+            ``embeddings=True`` when the embeddings were mapped): restore with it, e.g.
+            ``Checkpoint(w).restore(model, mask, adapter=w.adapter)``.
     """
 
     layers: list[int]
     unused: list[int]
     left_out: list[int]
+    adapter: Adapter
 
     def summary(self) -> str:
         """One line, e.g. ``mapped 2 BERT layers (0-1); left out layers 2-3 of the model``."""
-        text = f"mapped {len(self.layers)} BERT layers ({_spans(self.layers)})"
+        text = f"mapped {len(self.layers)} BERT layers ({spans(self.layers)})"
         if self.unused:
-            text += f"; BERT layers {_spans(self.unused)} have no place in the model"
+            text += f"; BERT layers {spans(self.unused)} have no place in the model"
         if self.left_out:
-            text += f"; left out layers {_spans(self.left_out)} of the model (own weights kept)"
+            text += f"; left out layers {spans(self.left_out)} of the model (own weights kept)"
         return text
 
 
@@ -104,24 +110,28 @@ def bert_to_vl(
             ``"lxmert"``, ``"vilt"``, ``"vilt-original"``); or the V+L model itself, which
             also keeps only the layers the model has (LXMERT has fewer language layers than
             BERT has layers) and checks every shape.
-        embeddings: also map the word, position and token-type embeddings.
+        embeddings: also map the word, position and token-type embeddings. The family's default
+            adapter prunes no embeddings, so restore with the result's ``.adapter`` (the
+            family's adapter with ``embeddings=True``).
 
     Example:
         >>> theta0p = bert_to_vl(bert.state_dict(), model)               # doctest: +SKIP
         >>> theta0p.summary()                                            # doctest: +SKIP
         'mapped 2 BERT layers (0-1); left out layers 2-3 of the model (own weights kept)'
-        >>> adapter = vlticket.adapters.adapter_for(model)               # doctest: +SKIP
-        >>> vlticket.Checkpoint(theta0p).restore(model, mask, adapter=adapter)  # doctest: +SKIP
+        >>> ckpt = vlticket.Checkpoint(theta0p)                          # doctest: +SKIP
+        >>> ckpt.restore(model, mask, adapter=theta0p.adapter)           # doctest: +SKIP
     """
     model = None
     if isinstance(target, nn.Module):
-        model, adapter = target, adapter_for(target, embeddings=embeddings)
+        model, adapter = target, adapter_for(target)
     else:
         adapter = next((a for a in _with_text_layers() if a.name == target), None)
     if adapter is None or getattr(adapter, "text_layers", None) is None:
         family = adapter.name if adapter is not None else target
         known = sorted(a.name for a in _with_text_layers())
         raise ArgumentError(f"`target`: BERT weights map onto {known}, found {family!r}")
+    if embeddings:  # the family's default prunable set has none: use the form that has them
+        adapter = adapter.with_options(embeddings=True)
     text = adapter.text_layers
     pieces: dict[str, dict[str, torch.Tensor]] = {}  # target name -> {BERT name: tensor}
     layer_of: dict[str, int] = {}
@@ -144,6 +154,7 @@ def bert_to_vl(
         )
     out = BertWeights(_stacked(pieces, text.rename))
     out.layers, out.unused, out.left_out = sorted(set(layer_of.values())), [], []
+    out.adapter = adapter
     if model is not None:
         own = adapter.prunable(model)
         kept = {n: t for n, t in out.items() if n in own}
@@ -185,7 +196,7 @@ def _model_layers(own: Mapping[str, torch.Tensor], template: str) -> set[int]:
     return {int(m[1]) for n in own if (m := re.match(head, n))}
 
 
-def _spans(indices: list[int]) -> str:
+def spans(indices: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``'0-2, 5'``."""
     spans: list[list[int]] = []
     for i in indices:

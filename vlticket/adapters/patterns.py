@@ -1,4 +1,23 @@
-"""PatternAdapter: prunable weights of any ``nn.Module`` chosen by name patterns."""
+r"""PatternAdapter: prunable weights of any ``nn.Module`` chosen by name patterns.
+
+A vision backbone no family claims is named this way, e.g. a transformers ViT (``ViTModel`` and,
+with ``strip``, the ``vit.`` of ``ViTForImageClassification``)::
+
+    PatternAdapter(
+        include=[r"(vit\.)?layers\.\d+\.(attention\.[qkvo]_proj|mlp\.fc[12])\.weight"],
+        strip=r"vit\.",
+        name="vit",
+        structure=(
+            Structure(kind="head", where=r"layers\.\d+\.attention\.",
+                      rows=("q_proj", "k_proj", "v_proj"), columns=("o_proj",)),
+            Structure(kind="neuron", where=r"layers\.\d+\.", rows=("mlp.fc1",),
+                      columns=("mlp.fc2",)),
+        ),
+    )
+
+or DETR's ResNet backbone: ``include=[r"(model\.)?backbone\.model\..*\.convolution\.weight"]``
+(tested in ``tests/test_adapters_backbones.py``).
+"""
 
 from __future__ import annotations
 

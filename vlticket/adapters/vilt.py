@@ -115,6 +115,14 @@ def embedding_hooks(model: nn.Module) -> tuple[Embed, Forward]:
     return embed, forward
 
 
+# ViLT normalises before attention and FFN (pre-LN, as ViT); BERT's norms sit after them.
+_PRE_LN = (
+    (
+        r"encoder\.layer\.\d+\.layernorm_(before|after)\.(weight|bias)",
+        "ViLT normalises before attention and FFN (pre-LN); BERT's layer norms sit after them",
+    ),
+)
+
 VILT = Adapter(
     name="vilt",
     prefix=r"(?:module\.|_orig_mod\.)*(?:vilt\.)?",
@@ -128,6 +136,8 @@ VILT = Adapter(
         layer="encoder.layer.{n}.",
         rename={m: m.replace("attention.self.", "attention.attention.") for m in BERT_MATRICES},
         embeddings="embeddings.text_embeddings.",
+        norms={},
+        notes=_PRE_LN,
     ),
     embedding_hooks=embedding_hooks,
     structure=STRUCTURE,
@@ -140,10 +150,12 @@ VILT_ORIGINAL = Adapter(
     signature=(_BLOCK + r"attn\.qkv\.weight", r"text_embeddings\.word_embeddings\.weight"),
     parts=PARTS,
     rename=(
-        (_BLOCK + r"attn\.qkv\.weight", r"encoder.layer.\g<n>.attention.attention.qkv.weight"),
-        (_BLOCK + r"attn\.proj\.weight", r"encoder.layer.\g<n>.attention.output.dense.weight"),
-        (_BLOCK + r"mlp\.fc1\.weight", r"encoder.layer.\g<n>.intermediate.dense.weight"),
-        (_BLOCK + r"mlp\.fc2\.weight", r"encoder.layer.\g<n>.output.dense.weight"),
+        (_BLOCK + r"attn\.qkv\.(weight|bias)", r"encoder.layer.\g<n>.attention.attention.qkv.\2"),
+        (_BLOCK + r"attn\.proj\.(weight|bias)", r"encoder.layer.\g<n>.attention.output.dense.\2"),
+        (_BLOCK + r"mlp\.fc1\.(weight|bias)", r"encoder.layer.\g<n>.intermediate.dense.\2"),
+        (_BLOCK + r"mlp\.fc2\.(weight|bias)", r"encoder.layer.\g<n>.output.dense.\2"),
+        (_BLOCK + r"norm1\.(weight|bias)", r"encoder.layer.\g<n>.layernorm_before.\2"),
+        (_BLOCK + r"norm2\.(weight|bias)", r"encoder.layer.\g<n>.layernorm_after.\2"),
         (r"text_embeddings\.(.*)", r"embeddings.text_embeddings.\1"),
         (r"token_type_embeddings\.weight", "embeddings.token_type_embeddings.weight"),
         (r"transformer\.pos_embed", "embeddings.position_embeddings"),
@@ -165,6 +177,8 @@ VILT_ORIGINAL = Adapter(
             for m in BERT_MATRICES
         },
         embeddings="embeddings.text_embeddings.",
+        norms={},
+        notes=_PRE_LN,
     ),
     structure=STRUCTURE_ORIGINAL,
 )
