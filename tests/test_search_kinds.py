@@ -427,3 +427,52 @@ def test_damaged_history_of_a_kind_is_refused(tmp_path):
 
 def test_weight_schedule_unchanged():
     assert prune_schedule(100, 0.3, 0.1) == [0, 10, 19, 27, 30]
+
+
+def test_trainer_callback_stops_an_early_bird_round(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from vlticket.integrations.transformers import TicketCallback
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return {"x": X[i], "labels": Y[i]}
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = small_net()
+
+        def forward(self, x, labels):
+            return {"loss": nn.functional.cross_entropy(self.body(x), labels)}
+
+    model = Net()
+    search = TicketSearch(
+        model,
+        sparsity=0.5,
+        one_shot=True,
+        early_bird=vlticket.EarlyBird(sparsity=0.5, queue=2, epsilon=0.5),
+        early_bird_every=2,
+        progress=False,
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    for rnd in search:
+        trainer = Trainer(
+            model=model, args=args, train_dataset=Rows(), callbacks=[TicketCallback(rnd)]
+        )
+        trainer.train()
+        rnd.report(loss=0.0)
+    assert search.history[0]["converged"] and search.history[0]["steps"] == 4
+    assert search.history[1]["steps"] == 40
