@@ -359,7 +359,8 @@ def test_early_bird_waits_for_the_rewind_step_and_is_recorded(tmp_path):
     kwargs = {"sparsity": 0.3, "amount": 0.2, "rewind_step": 40, "progress": False}
     search = TicketSearch(model, early_bird=True, run_dir=tmp_path, **kwargs)
     run_early(search, model)
-    assert search.history[0]["steps"] >= 50  # never before θi (step 40); then queue of 5
+    first = search.history[0]  # checks from θi (step 40) on, every 10: 5 of them by step 80
+    assert first["steps"] >= 80 and len(first["distances"]) == (first["steps"] - 40) // 10 + 1
     assert search.rewind_checkpoint is not None
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["early_bird"] == {"epsilon": 0.1, "queue": 5, "every": 10}
