@@ -78,7 +78,7 @@ def test_report_retried_without_run_dir(monkeypatch):
     model = make_model()
     search = TicketSearch(model, sparsity=0.5, amount=0.3, progress=False)
     calls = []
-    real = vlticket.search.imp.prune_magnitude
+    real = vlticket.search.pruners.prune_magnitude
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -86,7 +86,7 @@ def test_report_retried_without_run_dir(monkeypatch):
             raise MemoryError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(vlticket.search.imp, "prune_magnitude", flaky)
+    monkeypatch.setattr(vlticket.search.pruners, "prune_magnitude", flaky)
     for rnd in search:
         train(model, rnd)
         if rnd.index == 0:

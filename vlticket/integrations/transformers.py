@@ -26,7 +26,8 @@ from ..search import Round
 
 
 class TicketCallback(TrainerCallback):
-    """Add the ``Trainer``'s optimizer to ``rnd`` when training begins.
+    """Add the ``Trainer``'s optimizer to ``rnd`` when training begins; with the search's
+    ``early_bird``, check the round after each step and stop training once it has converged.
 
     Args:
         rnd: the running round of a :class:`~vlticket.TicketSearch` (``for rnd in search``).
@@ -54,3 +55,8 @@ class TicketCallback(TrainerCallback):
         if id(optimizer) not in self._added:  # train() called again on the same Trainer
             self.rnd.add_optimizer(optimizer)
             self._added.add(id(optimizer))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.rnd.step()  # counts nothing (the optimizer is hooked); runs early-bird checks
+        if self.rnd.converged:
+            control.should_training_stop = True

@@ -4,6 +4,11 @@ Each round trains the current subnetwork (round 0 is dense), prunes a fraction o
 weights by global magnitude, then rewinds the weights to θ0 (or θi) and keeps the mask. The last
 pruning step lands exactly on the target sparsity, and the last round trains the ticket there.
 
+What a round prunes is the search's *granularity*: single weights (default), whole attention
+heads and/or FFN neurons (``granularity="head"``, ``"neuron"``, ``"head+neuron"``), or N:M
+groups (``pattern="2:4"``); see :mod:`.pruners`. With ``early_bird``, a round's training may end
+once the mask it will prune to has settled (see :mod:`.early`).
+
 With a ``run_dir``, every finished round is on disk (masks, rewind checkpoint, history, all
 written atomically; the history is written last and marks the round finished), so a killed run
 started again with the same arguments continues from the last finished round. One process at a
@@ -25,35 +30,23 @@ from torch import nn
 
 from .._naming import AUTO, AdapterArg, auto_adapter, model_state, named_tensors
 from ..adapters import groups_for
-from ..core import Checkpoint, Mask, group_sparsity, prune_magnitude
+from ..core import Checkpoint, Mask, group_sparsity
 from ..core.attach import hookable_optimizer
-from ..core.selection import check_scope
+from ..early_bird import EarlyBird
 from ..errors import ArgumentError, FileFormatError, VlticketError
 from ..hub import Ticket
 from ..registry import resolve
-from . import lock
+from . import early, lock
+from .pruners import (
+    PatternPruner,
+    StructuredPruner,
+    WeightPruner,
+    check_kind,
+    prune_schedule,
+)
 from .run_dir import INIT, REWIND, RunDir
 
 logger = logging.getLogger(__name__)
-
-
-def prune_schedule(numel: int, sparsity: float, amount: float, one_shot: bool = False) -> list[int]:
-    """Number of pruned weights in each round: 0 first, then ``amount`` of the kept ones per
-    round (rounded half to even, as :func:`~vlticket.prune_magnitude` does), the last step
-    clipped to exactly ``round(sparsity * numel)``.
-
-    Example:
-        >>> prune_schedule(100, sparsity=0.3, amount=0.1)
-        [0, 10, 19, 27, 30]
-    """
-    target = round(sparsity * numel)
-    if one_shot:
-        return [0, target]
-    counts = [0]
-    while counts[-1] < target:
-        step = round(amount * (numel - counts[-1]))
-        counts.append(target if step == 0 else min(target, counts[-1] + step))
-    return counts
 
 
 def _number(name: str, value: Any) -> float:
@@ -82,6 +75,10 @@ class Round:
         sparsity: ``mask.sparsity``.
         last: True for the final round (the ticket at the target sparsity).
         steps: training steps taken so far in this round (see :class:`TicketSearch`).
+        converged: with ``early_bird``, True once the mask this round will prune to has
+            settled: the loop may stop training the round (checked by :meth:`step`).
+        early_bird: the round's :class:`~vlticket.EarlyBird` tracker (its ``distances`` and
+            ``checks``), or None (no ``early_bird``, or the last round).
     """
 
     def __init__(self, search: TicketSearch, index: int, mask: Mask, last: bool) -> None:
@@ -92,6 +89,9 @@ class Round:
         self.last = last
         self.metrics: dict[str, float] | None = None
         self.steps = 0
+        self.converged = False
+        self.early_bird = search._tracker(self)
+        self._checked_at = 0  # the step of the last early-bird check
         self._optimizers: list[torch.optim.Optimizer] = []
         self._hooks: list[Any] = []
         self._capture_due = False  # θi is due once every optimizer has taken step `rewind_step`
@@ -133,6 +133,17 @@ class Round:
         """Same as :meth:`TicketSearch.step`."""
         self._search.step()
 
+    def _check_converged(self) -> None:
+        every = self._search._early_bird["every"] if self.early_bird is not None else 0
+        if not every or self.converged or self.steps % every or self.steps == self._checked_at:
+            return
+        if self.index == 0 and self.steps < self._search.args["rewind_step"]:
+            return  # θi is not captured yet: round 0 must go on to step `rewind_step`
+        self._checked_at = self.steps
+        self.converged = self.early_bird.check(self._search.model)
+        if self.converged:
+            logger.info("round %d: early-bird mask settled at step %d", self.index, self.steps)
+
     def report(self, **metrics: float) -> None:
         """Record this round's metrics, e.g. ``rnd.report(accuracy=0.71)``, and end the round.
 
@@ -150,18 +161,45 @@ class Round:
         return f"Round({self.index}, sparsity={self.sparsity:.4f})"
 
 
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ArgumentError(f"`{name}`: expected a float in (0, 1), found {value!r}")
+    return float(value)
+
+
 class TicketSearch:
     """Iterative magnitude pruning (IMP) with rewinding, driven by the user's training loop.
 
     Args:
         model: any ``nn.Module``; it is trained, pruned and rewound in place.
-        sparsity: target fraction of prunable weights pruned, in (0, 1).
-        amount: fraction of the remaining weights pruned after each round (0.1 in the study).
+        sparsity: target fraction pruned, in (0, 1): of the prunable weights, or with a
+            structured ``granularity`` of the heads (and, separately, of the neurons). Not
+            given with ``pattern`` (which sets it).
+        amount: fraction of the remaining weights (units; weights per group for ``pattern``)
+            pruned after each round (0.1 in the study).
         rewind_step: 0 rewinds to the weights at the start (θ0); ``i > 0`` rewinds to the
             weights after ``i`` training steps of round 0 (θi).
         one_shot: prune straight to ``sparsity`` after the dense round (two rounds in all).
         scope: ``"global"`` ranks all weights together, ``"tensor"`` prunes each tensor on its
-            own; as in :func:`~vlticket.prune_magnitude`.
+            own; as in :func:`~vlticket.prune_magnitude` (for heads and neurons: ``"global"``,
+            ``"layer"`` or ``"stream"``, as in :func:`~vlticket.prune_structured`).
+        granularity: what a round prunes: ``"weight"`` (single weights by magnitude),
+            ``"head"`` (whole attention heads), ``"neuron"`` (whole FFN neurons) or
+            ``"head+neuron"`` (both, each kind on its own schedule), by group norm as
+            :func:`~vlticket.prune_structured` does; the adapter must say where heads and
+            neurons are. The history's ``"units"`` gives the fraction of each kind removed.
+        min_per_layer: with a structured ``granularity``, units each attention block / FFN
+            keeps at least (default 1: never the last head of a layer).
+        pattern: ``"N:M"``: N:M semi-structured rounds. Each round prunes ``amount`` of the
+            weights each group of M still keeps (at least one) until N are left, e.g. 2:4 with
+            ``amount=0.1`` goes 4:4 (dense) → 3:4 → 2:4; ``one_shot=True`` goes straight to
+            N:M. The ticket's sparsity is 1 - N/M and ``mask.satisfies(pattern)`` holds.
+        early_bird: True (ε = 0.1, queue of 5) or a :class:`~vlticket.EarlyBird` whose
+            ``epsilon`` and ``queue`` are used: every ``early_bird_every`` steps :meth:`step`
+            draws the mask the round would prune to now, and ``rnd.converged`` turns True once
+            it has settled, so the loop can end the round early. The last round (the ticket)
+            has no tracker and trains in full.
+        early_bird_every: training steps between early-bird checks (default 10).
         run_dir: folder holding the run; an existing run there is resumed. Must be started
             again with the same arguments, or an :class:`~vlticket.errors.ArgumentError` says
             which one differs. One process at a time owns it (a ``.lock`` file): close the
@@ -177,7 +215,9 @@ class TicketSearch:
     the round; θi is captured after step ``rewind_step`` of round 0, once every optimizer has
     taken it. Loops without an optimizer to add count by hand with :meth:`step` (one call
     after each optimizer step); once an optimizer is added, :meth:`step` counts nothing, so no
-    step is counted twice.
+    step is counted twice. With ``early_bird``, call ``rnd.step()`` after each optimizer step
+    either way: it runs the early-bird checks, and the history records ``converged`` and the
+    check ``distances`` of each round next to its ``steps``.
 
     For a bit-identical resume, make each round's training depend only on ``rnd.index``
     (e.g. ``torch.manual_seed(rnd.index)`` at its start). Optimizers recreated each round are
@@ -201,44 +241,67 @@ class TicketSearch:
         self,
         model: nn.Module,
         *,
-        sparsity: float,
+        sparsity: float | None = None,
         amount: float = 0.1,
         rewind_step: int = 0,
         one_shot: bool = False,
         scope: str = "global",
+        granularity: str = "weight",
+        min_per_layer: int | None = None,
+        pattern: str | None = None,
+        early_bird: EarlyBird | bool | None = None,
+        early_bird_every: int | None = None,
         run_dir: str | Path | None = None,
         adapter: AdapterArg = AUTO,
         progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
-        for name, value in (("sparsity", sparsity), ("amount", amount)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not (0.0 < float(value) < 1.0)
-            ):
-                raise ArgumentError(f"`{name}`: expected a float in (0, 1), found {value!r}")
+        amount = _fraction("amount", amount)
+        if pattern is None:
+            sparsity = _fraction("sparsity", sparsity)
         if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or rewind_step < 0:
             raise ArgumentError(f"`rewind_step`: expected an int >= 0, found {rewind_step!r}")
         for name, value in (("one_shot", one_shot), ("progress", progress)):
             if not isinstance(value, bool):  # "no" is truthy: it would mean yes
                 raise ArgumentError(f"`{name}`: expected True or False, found {value!r}")
-        check_scope(scope)
+        check_kind(granularity, min_per_layer, pattern, sparsity, scope)
+        self._early_bird = early.settings(early_bird, early_bird_every)
         self.model = model
         self.adapter = auto_adapter(model, adapter)  # resolved once: every round names alike
         self.progress = progress
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self._ones = Mask.ones(model, adapter=self.adapter)
-        numel = self._ones.numel  # Mask.ones refuses an empty prunable set
-        self.args = {
+        self._ones = Mask.ones(model, adapter=self.adapter)  # refuses an empty prunable set
+        if pattern is not None:
+            self._pruner = PatternPruner(self._ones, self.adapter, pattern, amount, one_shot)
+            sparsity = self._pruner.sparsity  # 1 - N/M
+        elif granularity == "weight":
+            self._pruner = WeightPruner(self._ones, self.adapter, sparsity, amount, one_shot, scope)
+        else:
+            min_per_layer = 1 if min_per_layer is None else min_per_layer
+            self._pruner = StructuredPruner(
+                model,
+                self._ones,
+                self.adapter,
+                granularity,
+                sparsity,
+                amount,
+                one_shot,
+                scope,
+                min_per_layer,
+            )
+        self.args = {  # the kind of round first: a resume with another kind says so first
+            "granularity": granularity,
+            "pattern": pattern,
             "sparsity": float(sparsity),
-            "amount": float(amount),
+            "amount": amount,
             "rewind_step": rewind_step,
             "one_shot": one_shot,
             "scope": scope,
+            "min_per_layer": min_per_layer,
+            "early_bird": self._early_bird,
         }
-        self.schedule = prune_schedule(numel, float(sparsity), float(amount), one_shot)
+        self.schedule = self._pruner.schedule
         self.history: list[dict[str, Any]] = []
         self._masks: dict[int, Mask] = {}
         self._init: Checkpoint | None = None
@@ -415,15 +478,22 @@ class TicketSearch:
     def step(self) -> None:
         """Count one training step by hand, for loops that add no optimizer to the round; in
         round 0 this captures θi at step ``rewind_step``. Once an optimizer is added to the
-        round it counts the steps and this call does nothing."""
+        round it counts the steps and this call counts nothing. With ``early_bird`` it also
+        checks the round's tracker every ``early_bird_every`` steps (see ``rnd.converged``)."""
         rnd = self._round
         if rnd is None:
             raise VlticketError("call `step()` inside a round: `for rnd in search: ...`")
-        if rnd._optimizers:
-            return
-        rnd.steps += 1
-        if self._rewind_due(rnd):
-            self._capture_rewind()
+        if not rnd._optimizers:
+            rnd.steps += 1
+            if self._rewind_due(rnd):
+                self._capture_rewind()
+        rnd._check_converged()
+
+    def _tracker(self, rnd: Round) -> EarlyBird | None:
+        """The early-bird tracker of ``rnd``: it draws the mask ``rnd``'s pruning step would."""
+        if self._early_bird is None or rnd.last:
+            return None
+        return early.tracker(self._early_bird, lambda m: self._pruner.prune(m, rnd.mask, rnd.index))
 
     def _rewind_due(self, rnd: Round) -> bool:
         return rnd.index == 0 and rnd.steps == self.args["rewind_step"]
@@ -513,16 +583,7 @@ class TicketSearch:
                 "steps; add the optimizer with `rnd.add_optimizer(optimizer)`, or call "
                 "`search.step()` once per optimizer step"
             )
-        nxt = None
-        if not rnd.last:
-            count = self.schedule[index + 1]
-            nxt = prune_magnitude(
-                self.model,
-                sparsity=count / self._ones.numel,
-                mask=mask,
-                scope=self.args["scope"],
-                adapter=self.adapter,
-            )
+        nxt = None if rnd.last else self._pruner.prune(self.model, mask, index)
         groups = self._group_sparsity(mask)
         entry = {
             "round": index,
@@ -532,7 +593,11 @@ class TicketSearch:
             "seconds": round(seconds, 3),
             "steps": rnd.steps,
             "groups": groups,
+            **self._pruner.describe(mask, index),
         }
+        if rnd.early_bird is not None:
+            entry["converged"] = rnd.converged
+            entry["distances"] = [round(d, 6) for d in rnd.early_bird.distances]
         history = [*self.history, entry]
         if self._run is not None:
             if nxt is not None:  # a mask beyond the history is ignored until the history says so

@@ -26,7 +26,13 @@ FORMAT = "vlticket.search"
 FORMAT_VERSION = "1"
 INIT, REWIND = "theta_init.safetensors", "theta_rewind.safetensors"
 # Arguments added after format version 1 was first written, with the value older runs used.
-_DEFAULTS = {"scope": "global"}
+_DEFAULTS = {
+    "scope": "global",
+    "granularity": "weight",
+    "min_per_layer": None,
+    "pattern": None,
+    "early_bird": None,
+}
 
 
 def _reject_constant(name: str) -> None:
@@ -60,6 +66,7 @@ def _check(path: Path, ok: bool, what: str, found: Any) -> None:
         raise FileFormatError(f"{str(path)!r}: expected {what}, found {found!r}")
 
 
+_EARLY_BIRD_KEYS = ("epsilon", "queue", "every")
 # The types of run.json's arguments; a hand-edited or damaged file is refused before use.
 _ARG_CHECKS = {
     "sparsity": (_is_number, "a number"),
@@ -67,6 +74,16 @@ _ARG_CHECKS = {
     "rewind_step": (_is_int, "an int"),
     "one_shot": (lambda v: isinstance(v, bool), "true or false"),
     "scope": (lambda v: isinstance(v, str), "a string"),
+    "granularity": (lambda v: isinstance(v, str), "a string"),
+    "min_per_layer": (lambda v: v is None or _is_int(v), "null or an int"),
+    "pattern": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "early_bird": (
+        lambda v: (
+            v is None
+            or (isinstance(v, Mapping) and all(_is_number(v.get(k)) for k in _EARLY_BIRD_KEYS))
+        ),
+        f"null or an object with numbers {list(_EARLY_BIRD_KEYS)}",
+    ),
 }
 
 
@@ -82,6 +99,15 @@ def _check_round(path: Path, i: int, entry: Any) -> None:
         _check(path, _is_int(entry[key]) and entry[key] >= 0, f"{where} {key!r} >= 0", entry[key])
     sec = entry["seconds"]
     _check(path, _is_number(sec) and sec >= 0, f"{where} 'seconds' >= 0", sec)
+    # Written by some kinds of rounds only: structured (units), N:M (pattern), early-bird.
+    units, pattern = entry.get("units", {}), entry.get("pattern", "")
+    ok = isinstance(units, Mapping) and all(_is_number(v) and 0 <= v <= 1 for v in units.values())
+    _check(path, ok, f"{where} 'units' to map kinds to fractions in [0, 1]", units)
+    _check(path, isinstance(pattern, str), f"{where} 'pattern' to be a string", pattern)
+    converged, distances = entry.get("converged", False), entry.get("distances", [])
+    _check(path, isinstance(converged, bool), f"{where} 'converged' true or false", converged)
+    ok = isinstance(distances, list) and all(_is_number(d) for d in distances)
+    _check(path, ok, f"{where} 'distances' to be a list of numbers", distances)
     for key in ("metrics", "groups"):
         table = entry.get(key, {})
         _check(
