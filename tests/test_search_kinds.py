@@ -149,6 +149,9 @@ def test_structured_round_prunes_the_heads_of_lowest_l1_norm():
         layer, h = divmod(unit, 4)
         query = nxt[f"encoder.layer.{layer}.attention.self.query.weight"]
         assert bool(query[4 * h : 4 * h + 4].any()) == (unit not in lowest)
+    for rnd in rounds:  # the ticket's round
+        rnd.report(loss=1.0)
+    assert search.ticket().config.granularity == "head"
 
 
 def test_structured_search_resumes_and_refuses_another_granularity(tmp_path):
@@ -477,3 +480,20 @@ def test_trainer_callback_stops_an_early_bird_round(tmp_path):
         rnd.report(loss=0.0)
     assert search.history[0]["converged"] and search.history[0]["steps"] == 4
     assert search.history[1]["steps"] == 40
+
+
+def test_structured_and_nm_tickets_record_their_kind(tmp_path):
+    """The shared ticket says it prunes whole heads/neurons, or which N:M pattern it keeps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    search = vlticket.TicketSearch(model, pattern="2:4", amount=0.5, progress=False)
+    for rnd in search:
+        rnd.report(loss=0.0)
+    search.save_pretrained(tmp_path / "nm")
+    config = vlticket.Ticket.from_pretrained(tmp_path / "nm").config
+    assert (config.pattern, config.granularity) == ("2:4", None)
+    assert "2:4 semi-structured pattern" in (tmp_path / "nm" / "README.md").read_text()
+    with pytest.raises(ArgumentError, match="`pattern`: the mask does not satisfy '1:4'"):
+        vlticket.Ticket(search.mask, pattern="1:4")
+    with pytest.raises(ArgumentError, match="`granularity`: expected one of"):
+        vlticket.Ticket(search.mask, granularity="block")

@@ -22,6 +22,8 @@ _SEARCH_TEXT = (
     ("rounds", "{} rounds"),
     ("rewind_step", "weights rewound to step {}"),
     ("scope", "{} ranking"),
+    ("granularity", "whole units pruned: {}"),
+    ("pattern", "{} semi-structured pattern"),
     ("seed", "seed {}"),
 )
 

@@ -23,6 +23,7 @@ from .._files import MAX_DIMS
 from .._version import __version__
 from ..adapters import groups_for
 from ..core import Checkpoint, Mask, group_stats
+from ..core.nm import parse_pattern
 from ..core.selection import SCOPES
 from ..errors import ArgumentError, FileFormatError
 
@@ -35,6 +36,7 @@ FORMAT = "vlticket.ticket"
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 METHODS = ("imp", "one-shot", "random")
+GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
 
 # The fields a user gives (the keyword arguments of ``Ticket(mask, ...)``) and their types.
 _INFO_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -46,6 +48,8 @@ _INFO_TYPES: dict[str, type | tuple[type, ...]] = {
     "rounds": int,
     "rewind_step": int,
     "scope": str,
+    "granularity": str,
+    "pattern": str,
     "seed": int,
     "task": str,
     "metric": str,
@@ -72,7 +76,11 @@ class TicketConfig:
         amount: fraction of the remaining weights pruned per round (0.1 in the study).
         rounds: number of pruning rounds.
         rewind_step: training step the weights are rewound to (0 for θ0).
-        scope: ``"global"`` or ``"tensor"`` ranking.
+        scope: ``"global"``, ``"tensor"``, ``"layer"`` or ``"stream"`` ranking.
+        granularity: what a round pruned whole: ``"weight"``, ``"head"``, ``"neuron"`` or
+            ``"head+neuron"`` (structured tickets).
+        pattern: the N:M pattern the mask satisfies, e.g. ``"2:4"`` (checked against the mask
+            when the ticket is made).
         seed: random seed of the search.
         task: the task the ticket was found on, e.g. ``"vqa"``.
         metric: the metric's name, e.g. ``"accuracy"``.
@@ -106,6 +114,8 @@ class TicketConfig:
     rounds: int | None = None
     rewind_step: int | None = None
     scope: str | None = None
+    granularity: str | None = None
+    pattern: str | None = None
     seed: int | None = None
     task: str | None = None
     metric: str | None = None
@@ -137,6 +147,12 @@ class TicketConfig:
             raise ArgumentError(f"`method`: expected one of {METHODS}, found {self.method!r}")
         if self.scope is not None and self.scope not in SCOPES:
             raise ArgumentError(f"`scope`: expected one of {SCOPES}, found {self.scope!r}")
+        if self.granularity is not None and self.granularity not in GRANULARITIES:
+            raise ArgumentError(
+                f"`granularity`: expected one of {GRANULARITIES}, found {self.granularity!r}"
+            )
+        if self.pattern is not None:
+            parse_pattern(self.pattern)
         if self.amount is not None and not 0 < self.amount < 1:
             raise ArgumentError(f"`amount`: expected a fraction in (0, 1), found {self.amount}")
         for name in ("rounds", "rewind_step"):
@@ -180,6 +196,8 @@ class TicketConfig:
         if isinstance(info.get("adapter_options"), (list, tuple, set, frozenset)):
             info["adapter_options"] = tuple(sorted(info["adapter_options"]))
         partial = cls(**info)  # validates the user's fields before any work on the mask
+        if partial.pattern is not None and not mask.satisfies(partial.pattern):
+            raise ArgumentError(f"`pattern`: the mask does not satisfy {partial.pattern!r}")
         groups = groups_for(mask, partial.adapter, partial.adapter_options)
         return dataclasses.replace(
             partial,
@@ -218,6 +236,9 @@ class TicketConfig:
             "license": self.license,
             "files": self.files,
         }
+        for key in ("granularity", "pattern"):  # only when set: older configs stay byte-identical
+            if getattr(self, key) is not None:
+                data["search"][key] = getattr(self, key)
         if self.checkpoint is not None:
             data["checkpoint"] = {n: list(s) for n, s in self.checkpoint.items()}
         text = json.dumps(data, indent=2, allow_nan=False)
@@ -280,6 +301,8 @@ class TicketConfig:
                 rounds=search.get("rounds"),
                 rewind_step=search.get("rewind_step"),
                 scope=search.get("scope"),
+                granularity=search.get("granularity"),
+                pattern=search.get("pattern"),
                 seed=search.get("seed"),
                 task=raw.get("task"),
                 metric=metric.get("name"),

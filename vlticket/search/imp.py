@@ -403,7 +403,8 @@ class TicketSearch:
         """The finished search as a :class:`~vlticket.hub.Ticket`, described from its run.
 
         The config records ``method`` ("imp" or "one-shot"), ``amount``, ``rounds``,
-        ``rewind_step``, ``scope``, ``adapter`` and, when each round reported one metric,
+        ``rewind_step``, ``scope``, ``granularity`` / ``pattern`` (structured or N:M rounds),
+        ``adapter`` and, when each round reported one metric,
         ``metric``, ``score`` (the last round's) and ``dense_score`` (round 0's); ``info``
         (``task``, ``base_model``, ``license``, ``seed`` ...) adds to it and wins over it.
 
@@ -423,6 +424,10 @@ class TicketSearch:
             "rewind_step": self.args["rewind_step"],
             "scope": self.args["scope"],
         }
+        if self.args.get("granularity", "weight") != "weight":
+            described["granularity"] = self.args["granularity"]
+        if self.args.get("pattern") is not None:
+            described["pattern"] = self.args["pattern"]
         if not one_shot:
             described["amount"] = self.args["amount"]
         adapter = resolve(self.adapter)
