@@ -172,6 +172,35 @@ def test_interrupted_run_resumes_where_it_stopped(tiny_run, tmp_path, monkeypatc
     assert again["rows"] == results["rows"]  # the same numbers as an uninterrupted run
 
 
+def test_interrupted_structured_search_resumes(tiny_run, tmp_path, monkeypatch):
+    _, results, _, trains_in_full_run = tiny_run
+    # Table 1, the pre-training ticket's trained rounds and its transfers come first
+    before = 2 * (2 + 3) + 1 + (len(results["pretraining_ticket"]["history"]) - 1) + 2
+    out = tmp_path / "demo"
+    real_train, calls = _demo_model.train, []
+
+    def train(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == before + 1:  # task A's first structured round
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(_demo_model, "train", train)
+    assert main(["demo", "--tiny", "--out", str(out)]) == 130
+    assert (out / "structured_A" / "mask_1.safetensors").exists()
+    monkeypatch.setattr(_demo_model, "train", real_train)
+    trains = _count(monkeypatch, _demo_model, "train")
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert len(trains) == trains_in_full_run - before  # only the structured rounds
+    again = json.loads((out / "results.json").read_text())
+    pre, first_pre = again["pretraining_ticket"], results["pretraining_ticket"]
+    assert pre["tasks"] == first_pre["tasks"]
+    assert pre["objective"] == first_pre["objective"]
+    for task in "AB":
+        found, first = again["structured"][task], results["structured"][task]
+        assert (found["rounds"], found["best_round"]) == (first["rounds"], first["best_round"])
+
+
 @pytest.mark.parametrize(
     ("argv", "complaint"),
     [
