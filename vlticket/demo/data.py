@@ -87,12 +87,13 @@ def _words(question: str) -> list[str]:
 
 
 def _encode(questions: list[str], vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.zeros(len(questions), MAX_WORDS, dtype=torch.long)
-    for row, q in enumerate(questions):
-        tokens = [vocab["[CLS]"], *(vocab.get(w, vocab["[UNK]"]) for w in _words(q))]
-        tokens = [*tokens[: MAX_WORDS - 1], vocab["[SEP]"]]
-        ids[row, : len(tokens)] = torch.tensor(tokens)
-    return ids, (ids != vocab["[PAD]"]).long()
+    cls, sep, pad, unk = (vocab[t] for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+    rows = []
+    for q in questions:  # plain lists, one tensor at the end: a tensor per row costs seconds
+        words = [vocab.get(w, unk) for w in _words(q)][: MAX_WORDS - 2]
+        rows.append([cls, *words, sep, *[pad] * (MAX_WORDS - 2 - len(words))])
+    ids = torch.tensor(rows, dtype=torch.long).reshape(len(questions), MAX_WORDS)
+    return ids, (ids != pad).long()
 
 
 def _load_images(paths: dict[int, str]) -> tuple[torch.Tensor, dict[int, int]]:

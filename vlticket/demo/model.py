@@ -8,6 +8,7 @@ images but is several times slower on a CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,11 +94,13 @@ def train(
     seed: int,
     add_optimizer: Callable[[torch.optim.Optimizer], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    weights: torch.Tensor | None = None,
 ) -> int:
     """Plain AdamW fine-tuning with cross-entropy; returns the number of optimizer steps.
 
     ``add_optimizer(optimizer)`` is called first, ``on_step()`` after every optimizer step (a
-    search round counts its steps that way).
+    search round counts its steps that way). Questions are drawn uniformly, or in proportion
+    to ``weights`` (one per question: the pre-training objective samples answers evenly).
     """
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -105,7 +108,10 @@ def train(
         add_optimizer(opt)
     model.train()
     for _ in range(steps):
-        rows = torch.randint(0, len(split), (batch_size,), generator=g)
+        if weights is None:
+            rows = torch.randint(0, len(split), (batch_size,), generator=g)
+        else:
+            rows = torch.multinomial(weights, batch_size, replacement=True, generator=g)
         b = batch(split, images, rows)
         loss = nn.functional.cross_entropy(logits(model, b), b["labels"])
         opt.zero_grad(set_to_none=True)
@@ -116,8 +122,9 @@ def train(
     return steps
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(model: nn.Module, split: Split, images: torch.Tensor, batch_size: int = 512) -> float:
+    """The fraction of ``split``'s questions answered right (evaluation mode, no autograd)."""
     model.eval()
     correct = 0
     for start in range(0, len(split), batch_size):
@@ -125,3 +132,28 @@ def accuracy(model: nn.Module, split: Split, images: torch.Tensor, batch_size: i
         b = batch(split, images, rows)
         correct += int((logits(model, b).argmax(1) == b["labels"]).sum())
     return correct / max(1, len(split))
+
+
+def fit(
+    model: nn.Module,
+    handle: Any,
+    train_split: Split,
+    test_split: Split,
+    data: Any,
+    s: Mapping[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """Train with ``handle``'s mask attached (a :class:`~vlticket.MaskHandle`), then remove it:
+    the test accuracy and the optimizer steps taken."""
+    steps = train(
+        model,
+        train_split,
+        data.train_images,
+        steps=s["steps"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        seed=seed,
+        add_optimizer=handle.add_optimizer,
+    )
+    handle.remove()
+    return {"accuracy": accuracy(model, test_split, data.test_images), "steps": steps}

@@ -19,7 +19,7 @@ DEFAULTS = {
     "batch_size": 32,
     "lr": 1e-3,
     "sparsity": 0.95,
-    "amount": 0.3,
+    "amount": 0.46,  # five pruning rounds to 0.95: 46%, 71%, 84%, 92%, 95%
     "max_images": None,
 }
 TINY = {"pretrain_steps": 40, "steps": 8, "sparsity": 0.5, "amount": 0.5, "max_images": 200}

@@ -1,12 +1,14 @@
 """The demo's output folder: what a re-run may reuse, and starting afresh without losing data.
 
 ``theta0.safetensors`` + ``theta0.json`` hold θ0 and the settings that made it (pre-training
-only); ``demo.json`` holds the settings of the searches and every finished baseline measurement;
-``task_A/`` and ``task_B/`` are TicketSearch run folders. A re-run with the same settings reuses
-all of it; with other pre-training settings, or other search settings, it removes only the demo's
-own files that no longer match and says so. ``theta0.json`` and ``demo.json`` are written after
-the files they vouch for and removed before them, so an interrupted run leaves nothing that a
-re-run would mistake for finished work.
+only); ``demo.json`` holds the settings of the searches and every finished measurement (the
+baselines, transfers, structured rounds, speeds); ``task_A/``, ``task_B/`` and ``pretraining/``
+are TicketSearch run folders, ``dense_A/B.safetensors`` the models each task's dense round
+trained and ``structured_A/B/`` the structured search's masks. A re-run with the same settings
+reuses all of it; with other pre-training settings, or other search settings, it removes only
+the demo's own files that no longer match and says so. ``theta0.json`` and ``demo.json`` are
+written after the files they vouch for and removed before them, so an interrupted run leaves
+nothing that a re-run would mistake for finished work.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,12 @@ RESULTS = (
     "task_B",
     "ticket_A",
     "ticket_B",
+    "pretraining",
+    "ticket_pretraining",
+    "dense_A.safetensors",
+    "dense_B.safetensors",
+    "structured_A",
+    "structured_B",
 )
 _TRASH = ".trash-"
 
@@ -122,6 +131,13 @@ class Output:
         theta0.save(self.path / THETA0)
         _write(self.path / THETA0_JSON, {"settings": self.theta0_settings, "pretrain": pretrain})
         self.pretrain = pretrain
+
+    def measure(self, key: str, fit: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``fit()``'s numbers (e.g. accuracy and steps), or those an earlier run with these
+        settings recorded under ``key``."""
+        if key not in self.measured:
+            self.record(key, fit())
+        return self.measured[key]
 
     def record(self, key: str, value: dict[str, Any]) -> None:
         """Keep one finished measurement (e.g. a baseline's accuracy and steps) for re-runs."""

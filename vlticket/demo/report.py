@@ -19,10 +19,20 @@ COLUMNS = (  # (header, key in a results row); every column but sparsity is a te
     ("random", "random"),
     ("random (per tensor)", "random_per_tensor"),
     (SHUFFLED, "shuffled"),
+    ("structured", "structured"),
 )
 LEGEND = (
     "Test accuracy of the dense model, 99% of it, then at the ticket's sparsity: the IMP ticket, "
-    "a random mask, a random mask matching the ticket tensor by tensor, the ticket on shuffled θ0."
+    "a random mask, a random mask matching the ticket tensor by tensor, the ticket on shuffled "
+    "θ0; structured: the most attention heads/FFN neurons structured IMP removed while keeping "
+    "99% of dense."
+)
+TABLE2 = (  # (header, key in a pretraining_ticket task row)
+    ("dense acc", "dense"),
+    ("own ticket", "own"),
+    ("pre-training ticket", "pretraining"),
+    ("random", "random"),
+    ("IoU with own", "iou"),
 )
 # Where the baselines sit beside the ticket's own point, in fractions of the x axis's span:
 # they are all measured at the ticket's sparsity and would otherwise hide each other.
@@ -41,7 +51,7 @@ def format_table(results: dict[str, Any]) -> str:
     widths = [max(len(h), 6) for h, _ in COLUMNS]
     lines = ["task  " + "  ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True))]
     for task, row in rows.items():
-        cells = [f"{row[k]:.1%}" if k == "sparsity" else f"{row[k]:.3f}" for _, k in COLUMNS]
+        cells = [_cell(k, row, results.get("structured", {}).get(task)) for _, k in COLUMNS]
         padded = (c.rjust(w) for c, w in zip(cells, widths, strict=True))
         lines.append(f"{task:<4}  " + "  ".join(padded))
     tasks = "; ".join(f"{t}: answers {'/'.join(_data.TASKS[t])}" for t in rows)
@@ -60,7 +70,84 @@ def format_table(results: dict[str, Any]) -> str:
         + (", reused from an earlier run" if pre.get("reused") else "")
         + f"; this run took {results['seconds']:.0f} s",
     ]
+    if "pretraining_ticket" in results:
+        lines += ["", *_table2(results["pretraining_ticket"])]
+    if "structured" in results:
+        lines += ["", *_structured(results["structured"])]
+    if "csr" in results:
+        lines += ["", *_csr(results["csr"])]
     return "\n".join(lines)
+
+
+def _cell(key: str, row: dict[str, Any], structured: dict[str, Any] | None) -> str:
+    if key == "sparsity":
+        return f"{row[key]:.1%}"
+    if key == "structured":
+        best = structured and structured["best_round"]
+        if not best:
+            return "none"
+        kept = structured["rounds"][best - 1]
+        return f"{kept['head']:.0%}/{kept['neuron']:.0%}"
+    return f"{row[key]:.3f}"
+
+
+def _table2(pre: dict[str, Any]) -> list[str]:
+    """Table 2 in miniature: the pre-training ticket transferred to each task."""
+    widths = [max(len(h), 6) for h, _ in TABLE2]
+    lines = [
+        f"Pre-training ticket (Table 2): IMP on the pre-training objective from θ0, sparsity "
+        f"{pre['sparsity']:.1%} (all question types: dense θ0 {pre['objective'][0]:.3f}, "
+        f"ticket {pre['objective'][-1]:.3f}), then trained on each task",
+        "task  " + "  ".join(h.rjust(w) for (h, _), w in zip(TABLE2, widths, strict=True)),
+    ]
+    for task, row in pre["tasks"].items():
+        cells = (f"{row[k]:.3f}".rjust(w) for (_, k), w in zip(TABLE2, widths, strict=True))
+        lines.append(f"{task:<4}  " + "  ".join(cells))
+    lines.append(
+        "Test accuracy on the task: dense, the task's own IMP ticket, the pre-training ticket and "
+        "a random mask, all at the same sparsity; IoU of the pre-training ticket and the task's."
+    )
+    return lines
+
+
+def _structured(structured: dict[str, Any]) -> list[str]:
+    """Per task: the structured rounds, and the shrunk model's measured speed."""
+    lines = ["Structured IMP (whole heads and FFN neurons, L1 norm; stops below 99% of dense):"]
+    for task, result in structured.items():
+        steps = ", ".join(
+            f"{r['head']:.0%}/{r['neuron']:.0%} {r['accuracy']:.3f}" for r in result["rounds"]
+        )
+        line = f"  {task}: heads/neurons removed and accuracy: {steps}"
+        speed = result["speed"]
+        if speed is None:
+            line += "; no round kept 99% of dense, nothing to shrink"
+        else:
+            line += (
+                f"; shrunk ({speed['params_shrunk']:,} of {speed['params']:,} parameters) "
+                f"{_times(speed, 'dense')}"
+            )
+        lines.append(line)
+    return lines
+
+
+def _csr(csr: dict[str, Any]) -> list[str]:
+    """Per task: the exported CSR ticket's speed against the masked dense model."""
+    parts = [
+        f"{task} {_times(speed, 'masked dense')}, {speed['csr_layers']} of "
+        f"{speed['pruned_layers']} pruned layers sparse"
+        for task, speed in csr.items()
+    ]
+    return ["Tickets exported to CSR (vlticket.export, to='csr'): " + "; ".join(parts)]
+
+
+def _times(speed: dict[str, Any], than: str) -> str:
+    ratio = speed["speedup"]
+    how = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+    return (
+        f"{how} than {than} ({speed['baseline_ms']:.2f} -> {speed['candidate_ms']:.2f} ms per "
+        "forward pass, "
+        f"batch {speed['batch']}, {speed['threads']} thread{'s' if speed['threads'] > 1 else ''})"
+    )
 
 
 def _fmt(value: float | None) -> str:

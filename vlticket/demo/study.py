@@ -3,8 +3,10 @@
 A small ViLT (hidden 64, 2 layers) is pre-trained briefly on easy-vqa (θ0), then IMP finds a
 ticket on each of two colour tasks; the ticket is compared with random pruning (global, and
 matched tensor by tensor) and with the ticket on shuffled weights θ0'' at the same sparsity, the
-two tasks' masks are compared (IoU) and task A's ticket is re-trained on task B. Every number
-printed comes from the run.
+two tasks' masks are compared (IoU) and task A's ticket is re-trained on task B (Table 1). Then
+the pre-training ticket (Table 2, :mod:`.pretraining`), the structured column
+(:mod:`.structured`) and the CSR export's speed (:mod:`.speed`). Every number printed comes
+from the run; ``results.json`` also holds each part's wall and CPU seconds.
 """
 
 from __future__ import annotations
@@ -22,63 +24,18 @@ from .. import _files, baselines
 from .._naming import model_state
 from ..adapters import adapter_for
 from ..core import Checkpoint, iou
-from ..errors import VlticketError
 from ..hub import Ticket
 from ..search import TicketSearch, relaxed_ticket
 from . import data as _demo_data
 from . import model as _demo_model
 from . import options as _demo_options
 from . import output as _demo_output
+from . import pretraining as _demo_pretraining
 from . import report as _demo_report
+from . import speed as _demo_speed
+from . import structured as _demo_structured
 
 logger = logging.getLogger(__name__)
-
-
-def _pretrain(model, data, s: dict[str, Any]) -> tuple[int, float]:
-    """Pre-train on every question type, answers sampled evenly, until the colour target."""
-    colours = data.train.where(torch.isin(data.train.labels, _colour_ids(data)))
-    probe = colours.where(torch.arange(len(colours)) < 512)
-    lab = data.train.labels
-    weights = 1.0 / torch.bincount(lab).float()[lab]
-    g = torch.Generator().manual_seed(s["seed"])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    acc, step = 0.0, 0
-    while step < s["pretrain_steps"]:
-        model.train()
-        rows = torch.multinomial(weights, 64, replacement=True, generator=g)
-        b = _demo_model.batch(data.train, data.train_images, rows)
-        loss = torch.nn.functional.cross_entropy(_demo_model.logits(model, b), b["labels"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        if step % 50 == 0 or step == s["pretrain_steps"]:
-            acc = _demo_model.accuracy(model, probe, data.train_images)
-            logger.info("pre-training step %d: colour accuracy %.3f", step, acc)
-            if acc >= s["pretrain_target"]:
-                break
-    return step, acc
-
-
-def _colour_ids(data) -> torch.Tensor:
-    names = [*_demo_data.TASKS["A"], *_demo_data.TASKS["B"]]
-    return torch.tensor([data.answers.index(a) for a in names])
-
-
-def _fit(model, handle, train, data, test, s, seed: int) -> dict[str, Any]:
-    """Train with ``handle``'s mask attached, then remove it: test accuracy and steps."""
-    steps = _demo_model.train(
-        model,
-        train,
-        data.train_images,
-        steps=s["steps"],
-        batch_size=s["batch_size"],
-        lr=s["lr"],
-        seed=seed,
-        add_optimizer=handle.add_optimizer,
-    )
-    handle.remove()
-    return {"accuracy": _demo_model.accuracy(model, test, data.test_images), "steps": steps}
 
 
 def _find_ticket(model, adapter, theta0, task: str, data, s, out: Path) -> TicketSearch:
@@ -105,36 +62,15 @@ def _find_ticket(model, adapter, theta0, task: str, data, s, out: Path) -> Ticke
             add_optimizer=rnd.add_optimizer,
             on_step=rnd.step,
         )
+        if rnd.index == 0:  # the dense model, where the structured search starts (before the
+            # round is recorded, so a recorded round 0 always has it)
+            Checkpoint.capture(model_state(model)).save(out / f"dense_{task}.safetensors")
         acc = _demo_model.accuracy(model, test, data.test_images)
         rnd.report(accuracy=acc)
         logger.info(
             "task %s, round %d, sparsity %.3f: accuracy %.3f", task, rnd.index, rnd.sparsity, acc
         )
     return search
-
-
-def _theta0(model, data, s, output: _demo_output.Output) -> tuple[Checkpoint, dict[str, Any]]:
-    """θ0 of an earlier run with the same pre-training settings, else pre-train and save it."""
-    theta0 = output.theta0()
-    if theta0 is not None:
-        try:
-            theta0.restore(model_state(model))
-        except VlticketError as e:  # e.g. saved by a demo whose model differs
-            logger.info("%s: cannot reuse θ0 (%s): pre-training afresh", output.path, e)
-        else:
-            logger.info("reusing θ0 from %s", output.path)
-            return theta0, {**output.pretrain, "reused": True}
-    steps, acc = _pretrain(model, data, s)
-    theta0 = Checkpoint.capture(model_state(model))
-    output.save_theta0(theta0, {"steps": steps, "colour": acc})
-    return theta0, {"steps": steps, "colour": acc, "reused": False}
-
-
-def _measure(output, key: str, fit) -> dict[str, Any]:
-    """``fit()``'s accuracy and steps, or the ones an earlier run with these settings saved."""
-    if key not in output.measured:
-        output.record(key, fit())
-    return output.measured[key]
 
 
 def _baselines(model, adapter, theta0, task, search, data, s, output) -> dict[str, Any]:
@@ -163,14 +99,15 @@ def _baselines(model, adapter, theta0, task, search, data, s, output) -> dict[st
         "steps": {"imp_rounds": [h["steps"] for h in search.history]},
     }
     for name, attach in controls.items():
-        done = _measure(
-            output, f"{task}/{name}", lambda a=attach: _fit(model, a(), train, data, test, s, seed)
+        done = output.measure(
+            f"{task}/{name}",
+            lambda a=attach: _demo_model.fit(model, a(), train, test, data, s, seed),
         )
         row[name], row["steps"][name] = done["accuracy"], done["steps"]
     return row
 
 
-def _save_ticket(search: TicketSearch, adapter, task: str, row, s, out: Path) -> None:
+def _save_ticket(search: TicketSearch, adapter, task: str, score: float, dense: float, s, out):
     Ticket(  # a ticket folder: `vlticket inspect` shows it by group
         search.mask,
         adapter=adapter,
@@ -180,11 +117,25 @@ def _save_ticket(search: TicketSearch, adapter, task: str, row, s, out: Path) ->
         rewind_step=0,
         scope="global",
         seed=s["seed"],
-        task=f"easy-vqa colour {task}",
+        task=f"easy-vqa colour {task}" if task in "AB" else "easy-vqa pre-training objective",
         metric="accuracy",
-        score=row["imp"],
-        dense_score=row["dense"],
+        score=score,
+        dense_score=dense,
     ).save_pretrained(out / f"ticket_{task}")
+
+
+class _Clock:
+    """Wall and CPU seconds of each part of the run (the CPU time is what a free core takes)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, float]] = {}
+        self._last = (time.perf_counter(), time.process_time())
+
+    def lap(self, part: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        wall, cpu = (b - a for a, b in zip(self._last, now, strict=True))
+        self.parts[part] = {"wall": round(wall, 2), "cpu": round(cpu, 2)}
+        self._last = now
 
 
 def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -195,34 +146,57 @@ def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
     """
     _demo_data.require_demo_extra()
     torch.set_num_threads(s["threads"])
-    began = time.perf_counter()
+    began, clock = time.perf_counter(), _Clock()
     output = _demo_output.Output(out, s)
     output.open()
     data = _demo_data.load(max_images=s["max_images"])
     torch.manual_seed(s["seed"])
     model = _demo_model.build_model(len(data.vocab), len(data.answers))
     adapter = adapter_for(model)
-    theta0, pretrain = _theta0(model, data, s, output)
+    clock.lap("load")
+    theta0, pretrain = _demo_pretraining.theta0(model, data, s, output)
+    clock.lap("pretrain")
     searches = {task: _find_ticket(model, adapter, theta0, task, data, s, out) for task in "AB"}
+    clock.lap("imp")
     rows = {}
     for task, search in searches.items():
         rows[task] = _baselines(model, adapter, theta0, task, search, data, s, output)
-        _save_ticket(search, adapter, task, rows[task], s, out)
+        _save_ticket(search, adapter, task, rows[task]["imp"], rows[task]["dense"], s, out)
     a, b = searches["A"].mask, searches["B"].mask
     train_b, test_b = data.train.task("B"), data.test.task("B")
-    transfer = _measure(
-        output,
+    transfer = output.measure(
         "transfer_A_to_B",
-        lambda: _fit(
+        lambda: _demo_model.fit(
             model,
             baselines.transfer(model, a, theta0, adapter=adapter),
             train_b,
-            data,
             test_b,
+            data,
             s,
             s["seed"] * 1000 + 998,
         ),
     )
+    clock.lap("baselines")
+    pre = _demo_pretraining.find_ticket(model, adapter, theta0, data, s, out)
+    tickets = {task: search.mask for task, search in searches.items()}
+    table2 = _demo_pretraining.table(model, adapter, theta0, pre, tickets, rows, data, s, output)
+    objective = table2["objective"]
+    _save_ticket(pre, adapter, _demo_pretraining.RUN, objective[-1], objective[0], s, out)
+    clock.lap("pretraining_ticket")
+    structured = {
+        task: _demo_structured.search(
+            model, adapter, theta0, task, rows[task], data, s, output, out
+        )
+        for task in searches
+    }
+    clock.lap("structured")
+    csr = {
+        task: output.measure(
+            f"{task}/csr_speed", lambda m=mask: _demo_speed.csr(model, adapter, theta0, m, data)
+        )
+        for task, mask in tickets.items()
+    }
+    clock.lap("csr")
     results: dict[str, Any] = {
         "settings": s,
         "pretrain": pretrain,
@@ -232,6 +206,10 @@ def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         "iou_A_B": iou(a, b),
         "iou_random": iou(baselines.random_mask(a, seed=1), baselines.random_mask(b, seed=2)),
         "history": {t: search.history for t, search in searches.items()},
+        "pretraining_ticket": {**table2, "history": pre.history},
+        "structured": structured,
+        "csr": csr,
+        "timing": clock.parts,
         "seconds": time.perf_counter() - began,
     }
     text = json.dumps(results, indent=1, allow_nan=False)
