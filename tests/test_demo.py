@@ -84,7 +84,9 @@ def test_tiny_demo_end_to_end(tiny_run):
         # every number in the table row is the run's own
         for key in ("dense", "dense_99", "imp", "random", "random_per_tensor", "shuffled"):
             assert f"{row[key]:.3f}" in printed
-    assert trains == 2 * (2 + 3) + 1  # rounds and baselines of both tasks, and the transfer
+    # rounds and baselines of both tasks, the transfer, and the cheaper methods (early-bird
+    # IMP's 2 rounds and 4 trained once) of both tasks
+    assert trains == 2 * (2 + 3) + 1 + 2 * (2 + 4)
     assert f"{results['iou_A_B']:.3f}" in printed
     assert f"{results['transfer_A_to_B']:.3f}" in printed
     iou = vlticket.iou(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _files
+from . import cheaper as _cheaper
 from . import data as _data
 
 SHUFFLED = "θ0\u2032\u2032"
@@ -60,7 +61,9 @@ def format_table(results: dict[str, Any]) -> str:
         + (", reused from an earlier run" if pre.get("reused") else "")
         + f"; this run took {results['seconds']:.0f} s",
     ]
-    return "\n".join(lines)
+    return "\n".join(
+        lines + (["", _cheaper.format_table(results["cheaper"])] if "cheaper" in results else [])
+    )
 
 
 def _fmt(value: float | None) -> str:

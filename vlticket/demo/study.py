@@ -25,6 +25,7 @@ from ..core import Checkpoint, iou
 from ..errors import VlticketError
 from ..hub import Ticket
 from ..search import TicketSearch, relaxed_ticket
+from . import cheaper as _demo_cheaper
 from . import data as _demo_data
 from . import model as _demo_model
 from . import options as _demo_options
@@ -231,6 +232,7 @@ def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         "transfer_steps": transfer["steps"],
         "iou_A_B": iou(a, b),
         "iou_random": iou(baselines.random_mask(a, seed=1), baselines.random_mask(b, seed=2)),
+        "cheaper": _demo_cheaper.compare(model, adapter, theta0, searches, data, s, output),
         "history": {t: search.history for t, search in searches.items()},
         "seconds": time.perf_counter() - began,
     }
