@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vlticket import saliency
+from vlticket import Ticket, saliency
 from vlticket.adapters import adapter_for
 from vlticket.cli import main
 from vlticket.core import Checkpoint
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_method_has_a_row_with_its_steps(tiny_run):
-    _, results, _ = tiny_run
+    out, results, _ = tiny_run
     c = results["cheaper"]
     assert c["settings"] == cheaper.settings(TINY)
     assert c["sparsity"] == TINY["sparsity"]
@@ -67,6 +67,12 @@ def test_every_method_has_a_row_with_its_steps(tiny_run):
             # every mask has the ticket's sparsity (exact counts: the same number of weights)
             assert rows[method]["sparsity"] == pytest.approx(results["rows"][task]["sparsity"])
         assert rows["imp"]["iou"] == 1.0
+        ticket = Ticket.from_pretrained(out / f"ticket_{task}").mask
+        assert c["tensors"] == len(ticket)
+        emptied = [n for n, s in ticket.tensor_sparsity().items() if s == 1.0]
+        assert rows["imp"]["emptied"] == len(emptied)
+        for method in cheaper.METHODS:
+            assert 0 <= rows[method]["emptied"] <= c["tensors"]
 
 
 def test_table_prints_every_number_and_the_goal(tiny_run):
@@ -81,6 +87,11 @@ def test_table_prints_every_number_and_the_goal(tiny_run):
                 assert f"{row['iou']:.3f}" in line
         assert cheaper.sentence(task, result) in printed.splitlines()
         _check_sentence(task, result)
+    emptied = ", ".join(
+        f"{cheaper.NAMES[m]} " + "/".join(str(r["rows"][m]["emptied"]) for r in c["tasks"].values())
+        for m in ("imp", *cheaper.METHODS)
+    )
+    assert f"pruned entirely (of {c['tensors']}), task A/B: {emptied}." in printed
 
 
 def _check_sentence(task: str, result) -> None:

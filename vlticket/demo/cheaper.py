@@ -228,12 +228,18 @@ def _measure(output, key: str, run) -> dict[str, Any]:
     return output.measured[key]
 
 
+def _emptied(mask: Mask) -> int:
+    """How many tensors ``mask`` prunes entirely (layer collapse: the signal must bypass them)."""
+    return sum(1 for keep in mask.values() if not bool(keep.any()))
+
+
 def _record(imp: Mask, accuracy: float, steps: int, mask: Mask, **extra: Any) -> dict[str, Any]:
     return {
         "accuracy": accuracy,
         "steps": steps,
         "iou": iou(mask, imp),
         "sparsity": mask.sparsity,
+        "emptied": _emptied(mask),
         **extra,
     }
 
@@ -254,6 +260,7 @@ def compare_task(model, adapter, theta0, task, search, data, s, output) -> dict[
             "steps": sum(h["steps"] for h in history),
             "iou": 1.0,
             "sparsity": imp.sparsity,
+            "emptied": _emptied(imp),
         },
     }
     seed = s["seed"] * 1000 + 999  # the baselines' seed: every mask sees the same batches
@@ -289,7 +296,8 @@ def compare(model, adapter, theta0, searches, data, s, output) -> dict[str, Any]
         task: compare_task(model, adapter, theta0, task, search, data, s, output)
         for task, search in searches.items()
     }
-    return {"settings": settings(s), "sparsity": s["sparsity"], "tasks": tasks}
+    tensors = len(next(iter(searches.values())).mask)
+    return {"settings": settings(s), "sparsity": s["sparsity"], "tensors": tensors, "tasks": tasks}
 
 
 def goal(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -362,6 +370,14 @@ def format_table(cheaper: dict[str, Any]) -> str:
         f"counted: SNIP and GraSP scoring ({c['score_batches']} batches), SynFlow "
         f"({c['synflow_iterations']} data-free passes). RigL: from θ0's magnitude mask, every "
         f"{c['rigl_update_every']} steps until {c['rigl_end']}, α {c['rigl_alpha']:g}."
+    )
+    emptied = ", ".join(
+        f"{NAMES[m]} " + "/".join(str(r["rows"][m]["emptied"]) for r in tasks.values())
+        for m in ("imp", *METHODS)
+    )
+    lines.append(
+        f"Weight tensors pruned entirely (of {cheaper['tensors']}), task {'/'.join(tasks)}: "
+        f"{emptied}."
     )
     lines += [sentence(task, result) for task, result in tasks.items()]
     return "\n".join(lines)
