@@ -193,3 +193,38 @@ def test_early_bird_imp_that_never_stops_is_imp(tiny_run, monkeypatch):
     assert accuracy == results["rows"]["A"]["imp"]
     assert mask == search.mask
     assert steps == results["cheaper"]["tasks"]["A"]["rows"]["imp"]["steps"]
+
+
+def test_interrupted_comparison_resumes_where_it_stopped(tiny_run, tmp_path, monkeypatch):
+    """A folder without the comparison (an older demo's, or an interrupted one) gains it: an
+    interrupt in the middle keeps the finished methods, and the re-run trains only the rest."""
+    first, results, _ = tiny_run
+    out = tmp_path / "demo"
+    shutil.copytree(first, out)
+    state = json.loads((out / "demo.json").read_text())
+    state["measured"] = {k: v for k, v in state["measured"].items() if "/cheaper/" not in k}
+    (out / "demo.json").write_text(json.dumps(state))
+    real, scored = saliency.prune_at_init, []
+
+    def interrupted(*args, **kwargs):
+        scored.append(1)
+        if len(scored) == 2:  # task A's GraSP, after early-bird IMP and SNIP finished
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(saliency, "prune_at_init", interrupted)
+    assert main(["demo", "--tiny", "--out", str(out)]) == 130
+    measured = json.loads((out / "demo.json").read_text())["measured"]
+    assert [k for k in measured if "/cheaper/" in k] == [
+        "A/cheaper/early_bird_imp",
+        "A/cheaper/snip",
+    ]
+    monkeypatch.setattr(saliency, "prune_at_init", real)
+    trains = []
+    real_train = _demo_model.train
+    monkeypatch.setattr(
+        _demo_model, "train", lambda *a, **k: trains.append(1) or real_train(*a, **k)
+    )
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert len(trains) == 3 + 6  # task A's GraSP, SynFlow, RigL; all of task B's
+    assert json.loads((out / "results.json").read_text())["cheaper"] == results["cheaper"]
