@@ -89,8 +89,9 @@ def test_tiny_demo_end_to_end(tiny_run):
     pre = results["pretraining_ticket"]
     structured = sum(len(results["structured"][t]["rounds"]) for t in "AB")
     # rounds and baselines of both tasks, the transfer, the pre-training ticket's trained
-    # rounds (its round 0 is θ0's pre-training) and its two transfers, the structured rounds
-    assert trains == 2 * (2 + 3) + 1 + (len(pre["history"]) - 1) + 2 + structured
+    # rounds (its round 0 is θ0's pre-training) and its two transfers, the structured rounds,
+    # and the cheaper methods (early-bird IMP's 2 rounds and 4 trained once) of both tasks
+    assert trains == 2 * (2 + 3) + 1 + (len(pre["history"]) - 1) + 2 + structured + 2 * (2 + 4)
     assert f"{results['iou_A_B']:.3f}" in printed
     assert f"{results['transfer_A_to_B']:.3f}" in printed
     iou = vlticket.iou(

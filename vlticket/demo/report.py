@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _files
+from . import cheaper as _cheaper
 from . import data as _data
 
 SHUFFLED = "θ0\u2032\u2032"
@@ -76,6 +77,8 @@ def format_table(results: dict[str, Any]) -> str:
         lines += ["", *_structured(results["structured"])]
     if "csr" in results:
         lines += ["", *_csr(results["csr"])]
+    if "cheaper" in results:
+        lines += ["", _cheaper.format_table(results["cheaper"])]
     return "\n".join(lines)
 
 

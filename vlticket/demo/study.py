@@ -26,6 +26,7 @@ from ..adapters import adapter_for
 from ..core import Checkpoint, iou
 from ..hub import Ticket
 from ..search import TicketSearch, relaxed_ticket
+from . import cheaper as _demo_cheaper
 from . import data as _demo_data
 from . import model as _demo_model
 from . import options as _demo_options
@@ -197,6 +198,8 @@ def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         for task, mask in tickets.items()
     }
     clock.lap("csr")
+    cheaper = _demo_cheaper.compare(model, adapter, theta0, searches, data, s, output)
+    clock.lap("cheaper")
     results: dict[str, Any] = {
         "settings": s,
         "pretrain": pretrain,
@@ -205,6 +208,7 @@ def run_study(s: dict[str, Any], out: Path) -> dict[str, Any]:
         "transfer_steps": transfer["steps"],
         "iou_A_B": iou(a, b),
         "iou_random": iou(baselines.random_mask(a, seed=1), baselines.random_mask(b, seed=2)),
+        "cheaper": cheaper,
         "history": {t: search.history for t, search in searches.items()},
         "pretraining_ticket": {**table2, "history": pre.history},
         "structured": structured,
