@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import pytest
@@ -61,15 +62,26 @@ CASES = [
 ]
 
 
+def shrunk_units(block, state, align):
+    """Units shrink keeps, by its documented rule: the kept ones, plus the lowest-numbered
+    pruned neurons until the count is a multiple of ``align``; and those padding units."""
+    kept = (state != 0).nonzero().flatten()
+    pruned = (state == 0).nonzero().flatten()
+    pad = pruned[: -len(kept) % align] if block.kind == "neuron" else pruned[:0]
+    units = torch.cat([kept, pad]).sort().values
+    return units, torch.isin(units, pad).nonzero().flatten()
+
+
+@pytest.mark.parametrize("align", [1, 8])
 @pytest.mark.parametrize("case, build, inputs", CASES, ids=[c[0] for c in CASES])
-def test_shrunk_model_computes_the_masked_model(case, build, inputs):
+def test_shrunk_model_computes_the_masked_model(case, build, inputs, align):
     dense = build()
     adapter = adapters.adapter_for(dense)
     mask = structured_mask(dense)
     mask.apply(dense, adapter=adapter)
     small = copy.deepcopy(dense)
     sites = adapters.blocks_for(dense)
-    removed = vlticket.shrink(small, mask)
+    removed = vlticket.shrink(small, mask, align=align)
     assert sum(removed.values()) > 0
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in dense.parameters())
     batch = inputs()
@@ -85,12 +97,18 @@ def test_shrunk_model_computes_the_masked_model(case, build, inputs):
     names = adapter.names(dense)
     states = vlticket.core.structured.unit_state([s.block for s in sites], mask)
     for site in sites:
-        keep = (states[site.block.name] != 0).nonzero().flatten()
+        keep, pad = shrunk_units(site.block, states[site.block.name], align)
+        if site.block.kind == "neuron":
+            assert len(keep) % align == 0 or len(keep) == site.block.count
         for axis in site.block.axes:
             name = names[axis.name]
             index = site.block.entries(keep, axis)
             want_grad = dense_params[name].grad.index_select(axis.dim, index)
             assert torch.allclose(small_params[name].grad, want_grad, atol=1e-5, rtol=1e-4)
+            # Padding neurons are zero and stay zero: no gradient reaches them (GELU(0) = 0).
+            padding = dataclasses.replace(site.block, count=len(keep)).entries(pad, axis)
+            assert not small_params[name].index_select(axis.dim, padding).any()
+            assert not small_params[name].grad.index_select(axis.dim, padding).any()
     # Parameters outside the blocks keep their shape and gradient.
     for name in ("embeddings.word_embeddings.weight", "pooler.dense.weight"):
         if name in small_params:
@@ -113,6 +131,44 @@ def test_shrink_updates_head_counts_and_records_them():
         "encoder.layer.1.attention": 2,
     }
     assert model.config.num_attention_heads == 4  # the dense count: load_shrunk needs it
+
+
+@pytest.mark.parametrize(
+    "sparsity, align, width, removed",
+    [
+        (0.5, 8, 16, 8),  # 12 kept + 4 zero neurons
+        (0.5, 3, 12, 12),  # already a multiple
+        (0.5, 1, 12, 12),
+        (0.25, 8, 24, 0),  # 18 kept: padding fills the FFN, nothing removed
+    ],
+)
+def test_align_keeps_zero_neurons_up_to_a_multiple(sparsity, align, width, removed):
+    model = bert()
+    mask = vlticket.prune_structured(model, granularity="neuron", sparsity=sparsity, scope="layer")
+    masked = copy.deepcopy(model)
+    mask.apply(masked, adapter="bert")  # `model` itself stays unmasked: shrink zeroes padding
+    got = vlticket.shrink(model, mask, align=align)
+    ffn = "encoder.layer.0.intermediate.dense"
+    assert got.get(ffn, 0) == removed
+    assert model.encoder.layer[0].intermediate.dense.out_features == width
+    assert model.encoder.layer[0].output.dense.in_features == width
+    if removed:
+        assert model.config.vlticket_shrunk[ffn] == width
+    zero_rows = ~model.encoder.layer[0].intermediate.dense.weight.any(dim=1)
+    assert int(zero_rows.sum()) == width - (24 - round(sparsity * 24))
+    batch = bert_inputs()
+    for w, g in zip(outputs(masked, batch), outputs(model, batch), strict=True):
+        assert torch.allclose(w, g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("align", [0, -8, True, 8.0, "8"])
+def test_bad_align_is_refused(align):
+    model = bert()
+    mask = structured_mask(model)
+    before = state(model)
+    with pytest.raises(vlticket.ArgumentError, match="`align`"):
+        vlticket.shrink(model, mask, align=align)
+    assert unchanged(model, before)
 
 
 def test_lxmert_cross_attention_head_size_attribute():
@@ -194,10 +250,9 @@ def test_bad_masks_leave_the_model_unchanged():
     # The shrunk model's own mask works, and a second shrink removes more.
     again = vlticket.prune_structured(model, granularity="neuron", amount=0.5)
     vlticket.shrink(model, again)
-    assert (
-        model.encoder.layer[0].intermediate.dense.out_features
-        < shrunk["encoder.layer.0.intermediate.dense.weight"].shape[0]
-    )
+    neurons = sum(layer.intermediate.dense.out_features for layer in model.encoder.layer)
+    before = sum(shrunk[f"encoder.layer.{i}.intermediate.dense.weight"].shape[0] for i in (0, 1))
+    assert neurons < before
 
 
 def test_original_vilt_neurons_shrink_heads_refused():
