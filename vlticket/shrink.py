@@ -109,8 +109,11 @@ def shrink(
         if site.block.kind == "head" and not site.rule.resizable:
             raise ArgumentError(
                 f"{site.block.name!r}: this model's attention code derives the head size from "
-                "the hidden size, so heads cannot be removed; convert it (e.g. "
-                "vilt.state_dict_to_transformers) or prune neurons only"
+                "the hidden size (and reshapes its output to it), so it cannot run with fewer "
+                "heads; convert the model and the mask (original ViLT: load "
+                "vlticket.adapters.vilt.state_dict_to_transformers(state_dict) into a "
+                "transformers Vilt model, shrink it with vilt.to_transformers(mask)) or remove "
+                "neurons only"
             )
         plans.append((site, keep, zeros, removed))
     for site, keep, zeros, _ in plans:
