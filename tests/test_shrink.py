@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 
 import pytest
 import torch
 from original_models import ViLTransformerSS
+from test_adapters_vilt import build as vilt_build
+from test_adapters_vilt import original as original_vilt
 from test_structured import bert, lxmert, vilt
-from transformers import BertModel, ViltModel
+from transformers import BertModel, ViltForQuestionAnswering, ViltModel
 
 import vlticket
 from vlticket import adapters
+from vlticket.adapters import vilt as vilt_forms
 
 torch.set_num_threads(1)
 
@@ -61,15 +65,26 @@ CASES = [
 ]
 
 
+def shrunk_units(block, state, align):
+    """Units shrink keeps, by its documented rule: the kept ones, plus the lowest-numbered
+    pruned neurons until the count is a multiple of ``align``; and those padding units."""
+    kept = (state != 0).nonzero().flatten()
+    pruned = (state == 0).nonzero().flatten()
+    pad = pruned[: -len(kept) % align] if block.kind == "neuron" else pruned[:0]
+    units = torch.cat([kept, pad]).sort().values
+    return units, torch.isin(units, pad).nonzero().flatten()
+
+
+@pytest.mark.parametrize("align", [1, 8])
 @pytest.mark.parametrize("case, build, inputs", CASES, ids=[c[0] for c in CASES])
-def test_shrunk_model_computes_the_masked_model(case, build, inputs):
+def test_shrunk_model_computes_the_masked_model(case, build, inputs, align):
     dense = build()
     adapter = adapters.adapter_for(dense)
     mask = structured_mask(dense)
     mask.apply(dense, adapter=adapter)
     small = copy.deepcopy(dense)
     sites = adapters.blocks_for(dense)
-    removed = vlticket.shrink(small, mask)
+    removed = vlticket.shrink(small, mask, align=align)
     assert sum(removed.values()) > 0
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in dense.parameters())
     batch = inputs()
@@ -85,12 +100,18 @@ def test_shrunk_model_computes_the_masked_model(case, build, inputs):
     names = adapter.names(dense)
     states = vlticket.core.structured.unit_state([s.block for s in sites], mask)
     for site in sites:
-        keep = (states[site.block.name] != 0).nonzero().flatten()
+        keep, pad = shrunk_units(site.block, states[site.block.name], align)
+        if site.block.kind == "neuron":
+            assert len(keep) % align == 0 or len(keep) == site.block.count
         for axis in site.block.axes:
             name = names[axis.name]
             index = site.block.entries(keep, axis)
             want_grad = dense_params[name].grad.index_select(axis.dim, index)
             assert torch.allclose(small_params[name].grad, want_grad, atol=1e-5, rtol=1e-4)
+            # Padding neurons are zero and stay zero: no gradient reaches them (GELU(0) = 0).
+            padding = dataclasses.replace(site.block, count=len(keep)).entries(pad, axis)
+            assert not small_params[name].index_select(axis.dim, padding).any()
+            assert not small_params[name].grad.index_select(axis.dim, padding).any()
     # Parameters outside the blocks keep their shape and gradient.
     for name in ("embeddings.word_embeddings.weight", "pooler.dense.weight"):
         if name in small_params:
@@ -113,6 +134,44 @@ def test_shrink_updates_head_counts_and_records_them():
         "encoder.layer.1.attention": 2,
     }
     assert model.config.num_attention_heads == 4  # the dense count: load_shrunk needs it
+
+
+@pytest.mark.parametrize(
+    "sparsity, align, width, removed",
+    [
+        (0.5, 8, 16, 8),  # 12 kept + 4 zero neurons
+        (0.5, 3, 12, 12),  # already a multiple
+        (0.5, 1, 12, 12),
+        (0.25, 8, 24, 0),  # 18 kept: padding fills the FFN, nothing removed
+    ],
+)
+def test_align_keeps_zero_neurons_up_to_a_multiple(sparsity, align, width, removed):
+    model = bert()
+    mask = vlticket.prune_structured(model, granularity="neuron", sparsity=sparsity, scope="layer")
+    masked = copy.deepcopy(model)
+    mask.apply(masked, adapter="bert")  # `model` itself stays unmasked: shrink zeroes padding
+    got = vlticket.shrink(model, mask, align=align)
+    ffn = "encoder.layer.0.intermediate.dense"
+    assert got.get(ffn, 0) == removed
+    assert model.encoder.layer[0].intermediate.dense.out_features == width
+    assert model.encoder.layer[0].output.dense.in_features == width
+    if removed:
+        assert model.config.vlticket_shrunk[ffn] == width
+    zero_rows = ~model.encoder.layer[0].intermediate.dense.weight.any(dim=1)
+    assert int(zero_rows.sum()) == width - (24 - round(sparsity * 24))
+    batch = bert_inputs()
+    for w, g in zip(outputs(masked, batch), outputs(model, batch), strict=True):
+        assert torch.allclose(w, g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("align", [0, -8, True, 8.0, "8"])
+def test_bad_align_is_refused(align):
+    model = bert()
+    mask = structured_mask(model)
+    before = state(model)
+    with pytest.raises(vlticket.ArgumentError, match="`align`"):
+        vlticket.shrink(model, mask, align=align)
+    assert unchanged(model, before)
 
 
 def test_lxmert_cross_attention_head_size_attribute():
@@ -162,7 +221,7 @@ def test_partial_units_are_refused_unless_kept():
     ):
         vlticket.shrink(model, mask)
     assert unchanged(model, before)
-    vlticket.shrink(model, mask, keep_partial=True)
+    vlticket.shrink(model, mask, keep_partial=True, align=1)
     kept = mask["encoder.layer.1.intermediate.dense.weight"].any(dim=1).sum()
     assert model.encoder.layer[1].intermediate.dense.out_features == kept
 
@@ -194,10 +253,9 @@ def test_bad_masks_leave_the_model_unchanged():
     # The shrunk model's own mask works, and a second shrink removes more.
     again = vlticket.prune_structured(model, granularity="neuron", amount=0.5)
     vlticket.shrink(model, again)
-    assert (
-        model.encoder.layer[0].intermediate.dense.out_features
-        < shrunk["encoder.layer.0.intermediate.dense.weight"].shape[0]
-    )
+    neurons = sum(layer.intermediate.dense.out_features for layer in model.encoder.layer)
+    before = sum(shrunk[f"encoder.layer.{i}.intermediate.dense.weight"].shape[0] for i in (0, 1))
+    assert neurons < before
 
 
 def test_original_vilt_neurons_shrink_heads_refused():
@@ -211,6 +269,97 @@ def test_original_vilt_neurons_shrink_heads_refused():
     vlticket.shrink(model, neurons, num_heads=4)
     assert model.transformer.blocks[0].mlp.fc1.weight.shape == (16, 16)
     assert model.transformer.blocks[0].mlp.fc2.weight.shape == (16, 16)
+
+
+def test_original_vilt_heads_shrink_in_the_transformers_form():
+    """The original's fused-qkv heads, pruned there, are removed after conversion: the same
+    heads as pruning the converted model, and the shrunk model computes the masked one."""
+    orig = original_vilt(heads=("vqa",))
+    mask = structured_mask(orig, num_heads=2)
+    hf = vilt_build(ViltForQuestionAnswering).eval()
+    hf.load_state_dict(vilt_forms.state_dict_to_transformers(orig.state_dict()), strict=True)
+    converted = vlticket.Mask(vilt_forms.to_transformers(dict(mask)))
+    assert all(torch.equal(converted[n], t) for n, t in structured_mask(hf).items())
+    converted.apply(hf, adapter="vilt")
+    small = copy.deepcopy(hf)
+    removed = vlticket.shrink(small, converted)
+    assert removed["encoder.layer.0.attention"] == 1
+    assert small.vilt.encoder.layer[0].attention.attention.num_attention_heads == 1
+    for w, g in zip(outputs(hf, vilt_inputs()), outputs(small, vilt_inputs()), strict=True):
+        assert torch.allclose(w, g, atol=1e-5)
+
+
+class FusedAttention(torch.nn.Module):
+    """timm-style attention with one fused q/k/v weight that reads its head count and size from
+    attributes (the original ViLT's derives the head size from the hidden size instead)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = torch.nn.functional.scaled_dot_product_attention(*qkv)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FusedEncoder(torch.nn.Module):
+    def __init__(self, layers=2, dim=16, heads=4, ffn=24):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Module() for _ in range(layers))
+        for block in self.blocks:
+            block.attn = FusedAttention(dim, heads)
+            block.mlp = torch.nn.Module()
+            block.mlp.fc1, block.mlp.fc2 = torch.nn.Linear(dim, ffn), torch.nn.Linear(ffn, dim)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + block.attn(x)
+            x = x + block.mlp.fc2(torch.nn.functional.gelu(block.mlp.fc1(x)))
+        return x
+
+
+FUSED = adapters.PatternAdapter(
+    include=[r"blocks\.\d+\.(attn\.(qkv|proj)|mlp\.fc\d)\.weight"],
+    structure=[
+        adapters.Structure(
+            kind="head", where=r"blocks\.\d+\.attn\.", rows=("qkv",), columns=("proj",), fused=3
+        ),
+        adapters.Structure(
+            kind="neuron", where=r"blocks\.\d+\.mlp\.", rows=("fc1",), columns=("fc2",)
+        ),
+    ],
+)
+
+
+def test_fused_qkv_heads_shrink_exactly_where_the_code_reads_the_head_count():
+    torch.manual_seed(0)
+    dense = FusedEncoder()
+    mask = structured_mask(dense, adapter=FUSED, scope="layer")
+    mask.apply(dense, adapter=FUSED)
+    small = copy.deepcopy(dense)
+    sites = adapters.blocks_for(dense, FUSED)
+    states = vlticket.core.structured.unit_state([s.block for s in sites], mask)
+    removed = vlticket.shrink(small, mask, adapter=FUSED, align=1)
+    assert removed["blocks.0.attn"] == 2 and small.blocks[0].attn.num_heads == 2
+    assert small.blocks[0].attn.qkv.weight.shape == (3 * 2 * 4, 16)  # q, k, v of 2 heads
+    assert small.blocks[0].attn.proj.weight.shape == (16, 2 * 4)
+    x = torch.randn(2, 5, 16)
+    want, got = dense(x), small(x)
+    assert torch.allclose(want, got, atol=1e-5)
+    want.square().sum().backward()
+    got.square().sum().backward()
+    dense_params, small_params = dict(dense.named_parameters()), dict(small.named_parameters())
+    for site in sites:
+        keep = (states[site.block.name] != 0).nonzero().flatten()
+        for axis in site.block.axes:
+            index = site.block.entries(keep, axis)
+            for kind in ("weight", "bias") if axis.dim == 0 else ("weight",):
+                name = axis.name.replace(".weight", f".{kind}")
+                want_grad = dense_params[name].grad.index_select(axis.dim, index)
+                assert torch.allclose(small_params[name].grad, want_grad, atol=1e-5), name
 
 
 def test_structured_imp_by_hand_with_rewind_and_attach():

@@ -270,7 +270,7 @@ def test_pattern_adapter_declares_structure():
         == 6
     )
     before = model.layers[0].fc1.weight.clone()
-    vlticket.shrink(model, mask, adapter=declared)
+    vlticket.shrink(model, mask, adapter=declared, align=1)  # exact widths, no zero neurons
     assert model.layers[0].fc1.weight.shape[0] + model.layers[1].fc1.weight.shape[0] == 6
     assert model.layers[0].fc2.weight.shape[1] == model.layers[0].fc1.weight.shape[0]
     keep = mask["layers.0.fc1.weight"].all(dim=1)

@@ -10,6 +10,7 @@ recorded in ``model.config.vlticket_shrunk``; :func:`load_shrunk` rebuilds such 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ def shrink(
     adapter: AdapterLike | str | None = None,
     keep_partial: bool = False,
     num_heads: int | None = None,
+    align: int = 8,
 ) -> dict[str, int]:
     """Remove the heads and neurons ``mask`` prunes whole, in place.
 
@@ -55,6 +57,12 @@ def shrink(
         keep_partial: keep heads and neurons the mask prunes only in part (dense) instead of
             refusing the mask.
         num_heads: heads per attention block where the model does not say it.
+        align: keep each FFN's neuron count a multiple of ``align`` by keeping up to
+            ``align - 1`` of its pruned neurons (the lowest-numbered) as zeros, which is exact:
+            a matrix product whose width is not a multiple of 8 runs up to 1.4x slower on the
+            CPU (BERT-base's FFN input at 1843 vs 1848 neurons). Zero neurons stay zero in
+            training when the activation maps 0 to 0 (ReLU, GELU, SiLU). ``1`` removes every
+            pruned neuron. Head counts are not padded (head sizes are multiples of 8 already).
 
     Returns:
         ``{block name: units removed}`` for the blocks that changed.
@@ -67,12 +75,15 @@ def shrink(
         >>> vlticket.shrink(bert, mask)["encoder.layer.0.intermediate.dense"] >= 0
         True
     """
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise ArgumentError(f"`align`: expected an int >= 1, found {align!r}")
     adapter = resolve_adapter(model, adapter)
     sites = blocks_for(model, adapter, num_heads=num_heads)
     if not isinstance(mask, Mapping):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
     params = adapter.prunable(model)
     check_layout(params, mask, what="the mask", where="the model's prunable weights (shrunk?)")
+    del params  # each old weight is freed as soon as its sliced copy replaces it
     states = unit_state([s.block for s in sites], mask)
     plans = []
     for site in sites:
@@ -85,9 +96,11 @@ def shrink(
                 "vlticket.prune_structured, or pass keep_partial=True to keep them dense)"
             )
         keep = state != 0
-        removed = site.block.count - int(keep.sum())
-        if not removed:
+        if keep.all():
             continue
+        zeros = _padding(keep, align if site.block.kind == "neuron" else 1)
+        keep[zeros] = True
+        removed = site.block.count - int(keep.sum())
         if site.block.kind == "head" and not keep.any():
             raise ArgumentError(
                 f"`mask` prunes every head of {site.block.name!r}; an attention block needs at "
@@ -96,27 +109,48 @@ def shrink(
         if site.block.kind == "head" and not site.rule.resizable:
             raise ArgumentError(
                 f"{site.block.name!r}: this model's attention code derives the head size from "
-                "the hidden size, so heads cannot be removed; convert it (e.g. "
-                "vilt.state_dict_to_transformers) or prune neurons only"
+                "the hidden size (and reshapes its output to it), so it cannot run with fewer "
+                "heads; convert the model and the mask (original ViLT: load "
+                "vlticket.adapters.vilt.state_dict_to_transformers(state_dict) into a "
+                "transformers Vilt model, shrink it with vilt.to_transformers(mask)) or remove "
+                "neurons only"
             )
-        plans.append((site, keep, removed))
-    for site, keep, _ in plans:
-        _slice(model, site, keep)
-    _record(model, {s.block.name: int(k.sum()) for s, k, _ in plans})
-    return {site.block.name: removed for site, _, removed in plans}
+        plans.append((site, keep, zeros, removed))
+    for site, keep, zeros, _ in plans:
+        _slice(model, site, keep, zeros)
+    _record(model, {s.block.name: int(k.sum()) for s, k, _, r in plans if r})
+    return {site.block.name: removed for site, _, _, removed in plans if removed}
+
+
+def _padding(keep: torch.Tensor, align: int) -> torch.Tensor:
+    """The pruned units to keep (as zeros) so that the kept count is a multiple of ``align``
+    (or every unit): the lowest-numbered ones."""
+    short = -int(keep.sum()) % align
+    return (~keep).nonzero().flatten()[:short]
 
 
 @torch.no_grad()
-def _slice(model: nn.Module, site: Site, keep: torch.Tensor) -> None:
+def _slice(
+    model: nn.Module, site: Site, keep: torch.Tensor, zeros: torch.Tensor | None = None
+) -> None:
+    """Keep ``keep``'s units of ``site`` (one ``index_select`` into new storage per tensor) and
+    zero the units in ``zeros`` (kept only for alignment)."""
     inner = unwrap(model)
     block = site.block
     kept_units = keep.nonzero().flatten()
+    smaller = dataclasses.replace(block, count=len(kept_units))
+    padded = None if zeros is None else torch.searchsorted(kept_units, zeros)  # new positions
     for axis in block.axes:
         module = inner.get_submodule(site.weights[axis.name].rsplit(".", 1)[0])
         index = block.entries(kept_units, axis).to(module.weight.device)
-        _replace(module, "weight", module.weight.index_select(axis.dim, index))
+        tensors = [("weight", axis.dim)]
         if axis.dim == 0 and getattr(module, "bias", None) is not None:
-            _replace(module, "bias", module.bias.index_select(0, index))
+            tensors.append(("bias", 0))
+        for name, dim in tensors:
+            kept = getattr(module, name).index_select(dim, index)
+            if padded is not None and len(padded):
+                kept.index_fill_(dim, smaller.entries(padded, axis).to(kept.device), 0)
+            _replace(module, name, kept)
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
     if site.heads_module is not None:

@@ -64,8 +64,9 @@ STRUCTURE = (
     ),
     _FFN,
 )
-# The original's fused q/k/v: timm's Attention derives the head size from the hidden size, so
-# heads are masked but not removed by shrink (neurons are).
+# The original's fused q/k/v (rows: q of every head, then k, then v): timm's Attention derives
+# the head size from the hidden size and reshapes its output to it, so it cannot run with fewer
+# heads: heads are masked here and removed after conversion to transformers' ViLT.
 STRUCTURE_ORIGINAL = (
     Structure(
         kind="head",
