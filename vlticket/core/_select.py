@@ -189,7 +189,7 @@ def _sample_piece(p: Piece, fraction: float, space: KeySpace) -> np.ndarray:
     keep = p.keep.reshape(-1) if p.keep is not None else None
     blocks = w.numel() // _BLOCK
     if fraction < 1.0 and blocks >= 4:
-        step = max(1, round(1.0 / fraction))
+        step = _coprime_step(max(1, round(1.0 / fraction)), p.weight.shape)
         w = w[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
         if keep is not None:
             keep = keep[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
@@ -198,6 +198,17 @@ def _sample_piece(p: Piece, fraction: float, space: KeySpace) -> np.ndarray:
     if keep is not None:
         keys = keys[keep.reshape(-1).cpu().numpy()]
     return keys
+
+
+def _coprime_step(step: int, shape: torch.Size) -> int:
+    """A stride of at least ``step`` blocks that reaches every column of a row: one sharing a
+    factor with the row's length in blocks samples only some columns, and the columns of a
+    gradient (or of a trained weight) differ in scale, so the bracket would miss."""
+    row = shape[-1] if len(shape) >= 2 else 0
+    period = row // math.gcd(row, _BLOCK) if row else 1
+    while math.gcd(step, period) != 1:
+        step += 1
+    return step
 
 
 def _refine(
