@@ -237,3 +237,19 @@ def test_optimizer_not_attached_is_added_to_the_handle():
         for v in opt.state[params[n]].values():
             if v.shape == keep.shape:
                 assert torch.all(v[~keep] == 0), n
+
+
+def test_nan_gradient_raises_and_changes_nothing():
+    net, opt, handle = _setup()
+    pruned = ~handle.mask["0.weight"]  # a NaN there never reaches the weights, only RigL
+    net[0].weight.register_hook(lambda g: g.masked_fill(pruned, float("nan")))
+    ds = DynamicSparsity(handle, opt, update_every=1, end=10)
+    x, y = _data()
+    _loss(net, x, y).backward()
+    opt.step()
+    mask, weights = handle.mask.clone(), copy.deepcopy(net.state_dict())
+    with pytest.raises(vlticket.ArgumentError, match="dense gradient.*NaN"):
+        ds.step()
+    assert handle.mask == mask and ds.t == 0 and ds.updates == 0
+    for k, v in weights.items():
+        assert torch.equal(net.state_dict()[k], v), k

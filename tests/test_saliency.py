@@ -326,3 +326,14 @@ def test_synflow_nonfinite_scores_are_refused():
     net = _net()  # sqrt at 0: R = 0 is finite, its gradient is not
     with pytest.raises(vlticket.ArgumentError, match="not finite in float64"):
         synflow_scores(net, lambda m: torch.sqrt(m(torch.ones(1, 3, dtype=torch.float64)) * 0))
+
+
+def test_synflow_mask_of_wrong_shape_refused_and_model_untouched():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    bad = vlticket.Mask({"0.weight": torch.ones(1, 3, dtype=torch.bool)})  # would broadcast
+    with pytest.raises(vlticket.ShapeMismatchError, match="0.weight"):
+        synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask=bad)
+    with pytest.raises(vlticket.ArgumentError, match="mask"):
+        synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask={"x": 1})
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())

@@ -139,12 +139,11 @@ class DynamicSparsity:
     def step(self) -> bool:
         """Count one training step; update the mask if it is an update step. Returns whether
         it updated. Call it after ``optimizer.step()`` on every step, on every rank."""
-        self.t += 1
-        updated = False
-        if self._due(self.t):
-            self._update(self.fraction(self.t))
+        updated = self._due(self.t + 1)
+        if updated:  # raises before anything changes (a NaN gradient): the step is not counted
+            self._update(self.fraction(self.t + 1))
             self.updates += 1
-            updated = True
+        self.t += 1
         self._arm()
         return updated
 
@@ -281,7 +280,10 @@ def _grow(
     # Pruning the `count` highest-scored candidates (largest=True) marks exactly those that
     # grow; amount * available rounds back to exactly `count` (the error is far below 1/2).
     parts = {n: TensorPart(scores[n], c, c.numel()) for n, c in candidates.items()}
-    rest = select(parts, sparsity=None, amount=count / available, scope="global", largest=True)
+    try:
+        rest = select(parts, sparsity=None, amount=count / available, scope="global", largest=True)
+    except ArgumentError as e:  # the selection names the tensor; say it is a gradient
+        raise ArgumentError(f"growing by the dense gradient (a diverged step?): {e}") from None
     return {n: torch.gt(c, rest[n]) for n, c in candidates.items()}  # c & ~rest, for bools
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ._naming import AdapterArg, prunable_tensors, unwrap
 from .core import Mask, prune_by_score
-from .errors import ArgumentError
+from .errors import ArgumentError, ShapeMismatchError
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> scalar loss``: how the user's model computes its loss."""
@@ -274,9 +274,25 @@ def synflow_scores(
         True
     """
     params = _targets(model, adapter)
-    keep = {} if mask is None else {n: mask[n] for n in params if n in mask}
+    keep = _kept(mask, params)
     with _scoring(model, params), _linearized(model):
         return _synflow_once(model, forward, params, keep)
+
+
+def _kept(mask: Mask | None, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``mask`` for the scored tensors, each checked against its tensor."""
+    if mask is None:
+        return {}
+    if not isinstance(mask, Mask):
+        raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
+    keep = {n: mask[n] for n in params if n in mask}
+    for n, k in keep.items():
+        if k.shape != params[n].shape:
+            raise ShapeMismatchError(
+                f"`mask[{n!r}]` has shape {tuple(k.shape)}, tensor {n!r} has "
+                f"{tuple(params[n].shape)}"
+            )
+    return {n: k.to(params[n].device) for n, k in keep.items()}
 
 
 def _synflow_iterative(
