@@ -39,7 +39,8 @@ from ._passes import (
     scan,
 )
 
-_SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one
+_SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one, at most
+_MIN_SAMPLE = 1 << 13  # and at least
 _BLOCK = 16  # the sample reads runs of 16 neighbours: one cache line of float32
 _MIN_CAP = 1 << 16  # entries a pass may collect, at least (else 1/64 of the eligible ones)
 
@@ -107,7 +108,7 @@ def keep_smallest_pruned(
     cap = max(_MIN_CAP, total // 64)
     r = k - 1  # rank (0-based) of the last key pruned
     lo, hi, c_lo, c_hi = 0, space.inf - 1, 0, total
-    b_lo, b_hi = _sample_bracket(pieces, r, total, _SAMPLE, space, reduce)
+    b_lo, b_hi = _sample_bracket(pieces, r, total, _sample_size(total, cap), space, reduce)
     t = None
     while t is None:
         found, bad = scan(pieces, outs, b_lo, b_hi, cap, space)
@@ -144,6 +145,13 @@ def keep_smallest_pruned(
     return [
         o.reshape(p.weight.shape).to(p.weight.device) for o, p in zip(outs_t, pieces, strict=True)
     ]
+
+
+def _sample_size(total: int, cap: int) -> int:
+    """Keys to sample so the bracket (about 5/sqrt(m) of the entries wide) holds at most half
+    of what one pass may collect: a small pool (one tensor, ``scope="tensor"``) needs far
+    fewer than ``_SAMPLE``, and sampling is most of the cost of selecting in it."""
+    return int(min(_SAMPLE, max(_MIN_SAMPLE, (10 * total / cap) ** 2)))
 
 
 def _constant(p: Piece, keep_all: bool) -> torch.Tensor:
