@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from ._naming import check_layout
@@ -181,13 +182,13 @@ class DynamicSparsity:
         grown: dict[str, torch.Tensor] = {}
         for pool in pools:
             numel = sum(kept[n].numel() for n in pool)
-            active = sum(int(torch.count_nonzero(kept[n])) for n in pool)
+            active = sum(_count(kept[n]) for n in pool)
             # as many as the selection dropped: its own count of the pool
             (count,) = counts_to_prune([numel], [active], None, frac, [f"tensor {pool[0]!r}"])
-            candidates = {n: ~after[n] for n in pool}
+            candidates = {n: _not(after[n]) for n in pool}
             grown.update(_grow(scores, candidates, count, numel - active + count))
         for n in kept:
-            self._handle.update_(n, after[n].logical_or_(grown[n]), reset=grown[n])
+            self._handle.update_(n, _or_(after[n], grown[n]), reset=grown[n])
 
     # -- resuming -----------------------------------------------------------------------------
     def _config(self) -> torch.Tensor:
@@ -266,6 +267,30 @@ class DynamicSparsity:
         )
 
 
+# Bool passes through NumPy on CPU: several times faster than torch's there.
+def _cpu(*ts: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in ts)
+
+
+def _count(t: torch.Tensor) -> int:
+    return int(np.count_nonzero(t.numpy())) if _cpu(t) else int(torch.count_nonzero(t))
+
+
+def _not(t: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.logical_not(t.numpy())) if _cpu(t) else ~t
+
+
+def _or_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if _cpu(a, b):
+        np.logical_or(a.numpy(), b.numpy(), out=a.numpy())
+        return a
+    return a.logical_or_(b)
+
+
+def _and_not(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.greater(a.numpy(), b.numpy())) if _cpu(a, b) else torch.gt(a, b)
+
+
 def _grow(
     scores: Mapping[str, torch.Tensor],
     candidates: dict[str, torch.Tensor],
@@ -284,7 +309,7 @@ def _grow(
         rest = select(parts, sparsity=None, amount=count / available, scope="global", largest=True)
     except ArgumentError as e:  # the selection names the tensor; say it is a gradient
         raise ArgumentError(f"growing by the dense gradient (a diverged step?): {e}") from None
-    return {n: torch.gt(c, rest[n]) for n, c in candidates.items()}  # c & ~rest, for bools
+    return {n: _and_not(c, rest[n]) for n, c in candidates.items()}
 
 
 __all__ = ["GROW", "DynamicSparsity"]

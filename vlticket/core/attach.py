@@ -76,6 +76,13 @@ def _zero_pruned(t: torch.Tensor, keep: torch.Tensor) -> None:
         t.view(torch_int).mul_(keep)
 
 
+def _and_not(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a & ~b`` for bool tensors (``a > b``; NumPy's is several times faster on CPU)."""
+    if a.device.type == "cpu" and a.is_contiguous() and b.is_contiguous():
+        return torch.from_numpy(np.greater(a.numpy(), b.numpy()))
+    return torch.gt(a, b)
+
+
 def hookable_optimizer(optimizer: object) -> torch.optim.Optimizer:
     """The optimizer whose ``step()`` runs: wrappers such as accelerate's hold it in
     ``.optimizer`` and may skip ``Optimizer.__init__``, so hooks must go on the inner one."""
@@ -292,7 +299,7 @@ class MaskHandle:
                     f"{tuple(old.shape)}, found {found}"
                 )
         keep = keep.to(old.device)
-        live = keep if reset is None else torch.gt(keep, reset.to(old.device))  # keep & ~reset
+        live = keep if reset is None else _and_not(keep, reset.to(old.device))
         old.copy_(keep)  # in place: the gradient hook closes over this tensor
         if self.mask[name] is not old:
             self.mask[name].copy_(keep.to(self.mask[name].device))
