@@ -151,7 +151,7 @@ def _sample_size(total: int, cap: int) -> int:
     """Keys to sample so the bracket (about 5/sqrt(m) of the entries wide) holds at most half
     of what one pass may collect: a small pool (one tensor, ``scope="tensor"``) needs far
     fewer than ``_SAMPLE``, and sampling is most of the cost of selecting in it."""
-    return int(min(_SAMPLE, max(_MIN_SAMPLE, (10 * total / cap) ** 2)))
+    return int(min(_SAMPLE, max(_MIN_SAMPLE, (10 * total / max(cap, 1)) ** 2)))
 
 
 def _constant(p: Piece, keep_all: bool) -> torch.Tensor:
