@@ -362,3 +362,61 @@ def test_zero_pruned_matches_masked_fill_bit_for_bit(dtype, layout):
     vlticket.core.attach._zero_pruned(t, keep)
     assert torch.equal(t, want)
     assert not torch.signbit(t[~keep]).any()
+
+
+# -- changing the mask while attached (MaskHandle.update_) --------------------------------
+def _momentum_setup():
+    w = nn.Parameter(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    handle = vlticket.Mask({"w": torch.tensor([True, True, False, False])}).attach({"w": w}, opt)
+    (w * torch.tensor([1.0, -1.0, 2.0, 3.0])).sum().backward()
+    opt.step()  # momentum buffer [1, -1, 0, 0]: the pruned entries' gradient was masked
+    return w, opt, handle
+
+
+def test_update_zeroes_newly_pruned_and_reset_entries_and_stays_in_force():
+    w, opt, handle = _momentum_setup()
+    w_before = w.detach().clone()
+    keep = torch.tensor([False, True, True, False])
+    handle.update_("w", keep, reset=torch.tensor([False, False, True, False]))
+    # entry 0 dropped (zeroed), entry 2 grown at 0 with fresh momentum, entry 1 untouched
+    assert w.tolist() == [0.0, w_before[1].item(), 0.0, 0.0]
+    assert opt.state[w]["momentum_buffer"].tolist() == [0.0, -1.0, 0.0, 0.0]
+    assert handle.kept["w"].tolist() == keep.tolist() and handle.mask["w"].tolist() == keep.tolist()
+    # the new mask is in force: the stale gradient is re-masked, new gradients masked on arrival
+    w.grad.fill_(5.0)
+    opt.step()
+    assert w[0] == 0 and w[3] == 0 and w[2] != 0
+    opt.zero_grad()
+    (w * torch.tensor([1.0, 1.0, 1.0, 1.0])).sum().backward()
+    assert w.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "name, keep, reset, match",
+    [
+        ("v", torch.ones(4, dtype=torch.bool), None, "name"),
+        ("w", torch.ones(3, dtype=torch.bool), None, "keep"),
+        ("w", torch.ones(4), None, "keep"),
+        ("w", torch.ones(4, dtype=torch.bool), torch.ones(2, dtype=torch.bool), "reset"),
+        ("w", [True] * 4, None, "keep"),
+    ],
+)
+def test_update_bad_input_changes_nothing(name, keep, reset, match):
+    w, opt, handle = _momentum_setup()
+    before = (w.detach().clone(), handle.kept["w"].clone(), opt.state[w]["momentum_buffer"].clone())
+    with pytest.raises(ArgumentError, match=match):
+        handle.update_(name, keep, reset=reset)
+    assert torch.equal(w.detach(), before[0]) and torch.equal(handle.kept["w"], before[1])
+    assert torch.equal(opt.state[w]["momentum_buffer"], before[2])
+
+
+def test_kept_params_optimizers_are_read_only_views():
+    w, opt, handle = _momentum_setup()
+    assert set(handle.kept) == {"w"} and handle.params["w"] is w and handle.optimizers == (opt,)
+    with pytest.raises(TypeError):
+        handle.kept["w"] = torch.ones(4, dtype=torch.bool)
+    handle.remove()
+    assert dict(handle.params) == {} and handle.optimizers == ()
+    with pytest.raises(ArgumentError, match="removed"):
+        handle.update_("w", torch.ones(4, dtype=torch.bool))

@@ -221,3 +221,35 @@ def test_bad_arguments(kwargs, match):
     _, opt, handle = _setup()
     with pytest.raises(vlticket.ArgumentError, match=match):
         DynamicSparsity(handle, opt, **kwargs)
+
+
+def test_optimizer_not_attached_is_added_to_the_handle():
+    net = _net()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    handle = vlticket.prune_random(net, sparsity=0.7, seed=0).attach(net)  # no optimizer
+    ds = DynamicSparsity(handle, opt, update_every=1, end=100, alpha=0.3)
+    assert handle.optimizers == (opt,)
+    x, y = _data()
+    _train(net, opt, ds, 3, x, y)
+    params = dict(net.named_parameters())
+    for n, keep in handle.kept.items():  # the mask is in force through the optimizer's steps
+        assert torch.all(params[n][~keep] == 0)
+        for v in opt.state[params[n]].values():
+            if v.shape == keep.shape:
+                assert torch.all(v[~keep] == 0), n
+
+
+def test_nan_gradient_raises_and_changes_nothing():
+    net, opt, handle = _setup()
+    pruned = ~handle.mask["0.weight"]  # a NaN there never reaches the weights, only RigL
+    net[0].weight.register_hook(lambda g: g.masked_fill(pruned, float("nan")))
+    ds = DynamicSparsity(handle, opt, update_every=1, end=10)
+    x, y = _data()
+    _loss(net, x, y).backward()
+    opt.step()
+    mask, weights = handle.mask.clone(), copy.deepcopy(net.state_dict())
+    with pytest.raises(vlticket.ArgumentError, match="dense gradient.*NaN"):
+        ds.step()
+    assert handle.mask == mask and ds.t == 0 and ds.updates == 0
+    for k, v in weights.items():
+        assert torch.equal(net.state_dict()[k], v), k

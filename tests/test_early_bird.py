@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import vlticket
@@ -86,3 +88,45 @@ def test_draw_must_return_a_mask():
     with pytest.raises(vlticket.ArgumentError, match="draw"):
         eb.check(None)
     assert eb.checks == 0 and eb.mask is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 70), min_size=1, max_size=3),
+    queue=st.integers(2, 4),
+    draws=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_distances_match_mask_distance(sizes, queue, draws, seed):
+    """The queue holds packed bits; each check's distance is mask_distance's, on the last masks."""
+    g = torch.Generator().manual_seed(seed)
+    masks = [
+        Mask({f"t{i}": torch.rand(n, generator=g) < 0.5 for i, n in enumerate(sizes)})
+        for _ in range(draws)
+    ]
+    eb = EarlyBird(draw=_scripted(masks), epsilon=0.01, queue=queue)
+    for k in range(draws):
+        if eb.drawn:  # identical masks in a full queue: drawn, later checks do nothing
+            assert eb.check(None) and len(eb.distances) == k
+            break
+        eb.check(None)
+        window = masks[max(0, k - queue + 1) : k]
+        expected = max((vlticket.mask_distance(masks[k], m) for m in window), default=1.0)
+        assert eb.distances[-1] == pytest.approx(expected, abs=1e-12)
+        assert eb.mask == masks[k]
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (Mask({"w": torch.ones(11, dtype=torch.bool)}), vlticket.ShapeMismatchError),
+        (Mask({"v": torch.ones(10, dtype=torch.bool)}), vlticket.NameMismatchError),
+    ],
+)
+def test_draw_with_another_layout_raises_and_changes_nothing(bad, error):
+    a = _mask([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    eb = EarlyBird(draw=_scripted([a, bad]), queue=3)
+    eb.check(None)
+    with pytest.raises(error):
+        eb.check(None)
+    assert eb.checks == 1 and eb.distances == [1.0] and eb.mask == a and not eb.drawn

@@ -77,11 +77,105 @@ def test_synflow_layernorm_is_affine_and_dropout_off():
     with torch.no_grad():
         net[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5, 3.0]))
         net[1].bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        net[0].weight.mul_(40)  # mean(h) ~ 10: the LayerNorm divides by a power of two, 8 or 16
     a1, a2 = net[0].weight.detach().abs().double(), net[3].weight.detach().abs().double()
-    gamma = net[1].weight.detach().abs().double()
+    gamma, beta = net[1].weight.detach().abs().double(), net[1].bias.detach().abs().double()
+    h = a1.sum(1)  # W1 1
+    c = 2.0 ** torch.round(torch.log2(h.mean()))
+    assert c not in (1.0, 2.0)
     s = synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)))
-    col = a2[0] * gamma  # dR/dh for h = W1 1
-    torch.testing.assert_close(s["0.weight"].double(), a1 * col[:, None], rtol=1e-6, atol=0)
+    # R = |W2| (h |γ| / c + |β|): c is held constant for the gradient
+    col = a2[0] * gamma / c  # dR/dh
+    torch.testing.assert_close(s["0.weight"].double(), a1 * col[:, None], rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        s["3.weight"].double(), a2 * (h * gamma / c + beta), rtol=1e-12, atol=0
+    )
+
+
+def _chain(seed: int) -> nn.Sequential:
+    """Bias-free: Linear, LayerNorm without β, ReLU, ... — positively homogeneous once |θ|."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Linear(6, 9, bias=False),
+        nn.LayerNorm(9, bias=False),
+        nn.ReLU(),
+        nn.Linear(9, 7, bias=False),
+        nn.LayerNorm(7, bias=False),
+        nn.Linear(7, 3, bias=False),
+    )
+    with torch.no_grad():
+        for i in (0, 3, 5):
+            net[i].weight.mul_(30)  # activations far from 1: each LayerNorm rescales
+        net[1].weight.uniform_(0.5, 2.0)
+        net[4].weight.uniform_(0.5, 2.0)
+    return net
+
+
+def _unscaled_synflow(net: nn.Sequential) -> dict[str, torch.Tensor]:
+    """SynFlow of the same linearized chain written out by hand, without any rescaling."""
+    a = {n: p.detach().abs().double().requires_grad_(True) for n, p in net.named_parameters()}
+    h = a["0.weight"] @ torch.ones(6, dtype=torch.float64)
+    h = a["3.weight"] @ (h * a["1.weight"])  # ReLU is the identity on positive values
+    r = (a["5.weight"] @ (h * a["4.weight"])).sum()
+    names = ("0.weight", "3.weight", "5.weight")
+    grads = torch.autograd.grad(r, [a[n] for n in names])
+    return {n: (a[n] * g).detach() for n, g in zip(names, grads, strict=True)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synflow_rescaling_keeps_scores_proportional_and_selection(seed):
+    net = _chain(seed)
+    ones = lambda m: m(torch.ones(1, 6, dtype=torch.float64))  # noqa: E731
+    s = synflow_scores(net, ones)
+    ref = _unscaled_synflow(net)
+    factor = s["0.weight"][0, 0] / ref["0.weight"][0, 0]
+    assert factor != 1.0 and torch.log2(factor) == torch.round(torch.log2(factor))  # 2^-k
+    for n in ref:  # one exact power of two for every score
+        torch.testing.assert_close(s[n], ref[n] * factor, rtol=1e-13, atol=0)
+    for sparsity in (0.3, 0.6, 0.9):
+        assert vlticket.prune_by_score(s, sparsity=sparsity) == vlticket.prune_by_score(
+            ref, sparsity=sparsity
+        )
+    iterative = prune_at_init(net, "synflow", sparsity=0.8, forward=ones, iterations=5)
+    assert iterative.num_pruned == round(0.8 * sum(t.numel() for t in ref.values()))
+
+
+def test_synflow_deep_bert_scores_are_finite():
+    """12 layers, tiny width, large weights: the unscaled |θ| product overflowed float64 here
+    (query/key rounding noise through softmax of logits ~1e100); the LayerNorm rescale keeps it
+    finite, and every value, output and feed-forward weight gets a positive score."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=20,
+        hidden_size=16,
+        num_hidden_layers=12,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=8,
+        initializer_range=1.0,
+    )
+    model = transformers.BertModel(config, add_pooling_layer=False)
+    encoder = {
+        n: p for n, p in model.named_parameters() if n.startswith("encoder.") and p.dim() == 2
+    }
+
+    class Encoder:  # score the encoder's matrices: word embeddings are not reached
+        def prunable(self, module):
+            return dict(encoder)
+
+    ones = torch.ones(2, 4, 16, dtype=torch.float64)
+    forward = lambda m: m(inputs_embeds=ones).last_hidden_state  # noqa: E731
+    s = synflow_scores(model, forward, adapter=Encoder())
+    assert set(s) == set(encoder) and len(s) == 12 * 6
+    for n, t in s.items():
+        assert bool(torch.isfinite(t).all()), n
+        if ".query." not in n and ".key." not in n:  # (softmax is not monotone in query/key)
+            assert bool((t > 0).all()), n  # value, output and FFN weights all carry flow
+    mask = prune_at_init(
+        model, "synflow", sparsity=0.5, forward=forward, iterations=3, adapter=Encoder()
+    )
+    assert mask.num_pruned == round(0.5 * sum(t.numel() for t in encoder.values()))
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
@@ -230,5 +324,16 @@ def test_synflow_overflow_is_refused():
 
 def test_synflow_nonfinite_scores_are_refused():
     net = _net()  # sqrt at 0: R = 0 is finite, its gradient is not
-    with pytest.raises(vlticket.ArgumentError, match="overflows float64"):
+    with pytest.raises(vlticket.ArgumentError, match="not finite in float64"):
         synflow_scores(net, lambda m: torch.sqrt(m(torch.ones(1, 3, dtype=torch.float64)) * 0))
+
+
+def test_synflow_mask_of_wrong_shape_refused_and_model_untouched():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    bad = vlticket.Mask({"0.weight": torch.ones(1, 3, dtype=torch.bool)})  # would broadcast
+    with pytest.raises(vlticket.ShapeMismatchError, match="0.weight"):
+        synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask=bad)
+    with pytest.raises(vlticket.ArgumentError, match="mask"):
+        synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask={"x": 1})
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())

@@ -8,8 +8,11 @@ deterministic (the selection of :func:`vlticket.prune_by_score`).
 
 The attached :class:`~vlticket.MaskHandle` masks gradients as they are accumulated, so the dense
 gradient RigL needs is caught earlier: a tensor hook, armed only for the backward passes of an
-update step, adds each incoming gradient to a buffer before accumulation. The handle's keep
-tensors are updated in place, so the mask stays attached and current. Under
+update step, adds each incoming gradient to a buffer before accumulation. The new masks go in
+through :meth:`MaskHandle.update_ <vlticket.MaskHandle.update_>`, in place, so the mask stays
+attached and current and only the changed entries are written. The update is two exact
+selections (drop by ``|w|``, grow by ``|g|``) read straight from the weights and gradients, no
+copies of them. Under
 ``torch.distributed`` the dense gradients are averaged over ranks before growing, and SET draws
 from a seeded generator, so every rank computes the same mask.
 """
@@ -19,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from ._naming import check_layout
-from .core import Mask, MaskHandle, prune_by_score
+from .core import MaskHandle
 from .core.attach import hookable_optimizer
+from .core.selection import TensorPart, counts_to_prune, select
 from .errors import ArgumentError, FileFormatError
 
 GROW = ("gradient", "random")
@@ -46,7 +51,8 @@ class DynamicSparsity:
 
     Args:
         handle: the mask attached with ``mask.attach(model, optimizer)``; it is kept current.
-        optimizer: the optimizer whose state is reset for grown weights.
+        optimizer: the optimizer whose state is reset for grown weights (added to ``handle``
+            if the mask was attached without it).
         update_every: ΔT, steps between updates (100 in RigL).
         end: T_end, the step after which the mask is fixed (RigL: 75% of training).
         alpha: the initial fraction updated, in (0, 1) (0.3 in RigL).
@@ -95,16 +101,15 @@ class DynamicSparsity:
             raise ArgumentError(f"`seed`: expected an int, found {seed!r}")
         self.alpha, self.scope, self.grow, self.seed = float(alpha), scope, grow, seed
         self._handle = handle
-        # The handle's own tensors: updating them in place keeps its hooks current.
-        self._params: dict[str, torch.Tensor] = dict(handle._params)
-        self._keep: dict[str, torch.Tensor] = handle._keep
+        if not any(o is self._optimizer for o in handle.optimizers):
+            handle.add_optimizer(self._optimizer)  # grown weights' state is reset through it
         self._generator = torch.Generator().manual_seed(seed)
         self.t = 0
         self.updates = 0
         self._dense: dict[str, torch.Tensor] = {}
         self._armed = False
         self._hooks = [
-            p.register_hook(self._catch(n)) for n, p in self._params.items() if p.requires_grad
+            p.register_hook(self._catch(n)) for n, p in handle.params.items() if p.requires_grad
         ]
         self._arm()
 
@@ -135,54 +140,55 @@ class DynamicSparsity:
     def step(self) -> bool:
         """Count one training step; update the mask if it is an update step. Returns whether
         it updated. Call it after ``optimizer.step()`` on every step, on every rank."""
-        self.t += 1
-        updated = False
-        if self._due(self.t):
-            self._update(self.fraction(self.t))
+        updated = self._due(self.t + 1)
+        if updated:  # raises before anything changes (a NaN gradient): the step is not counted
+            self._update(self.fraction(self.t + 1))
             self.updates += 1
-            updated = True
+        self.t += 1
         self._arm()
         return updated
 
     def _grow_scores(self) -> dict[str, torch.Tensor]:
+        """Per tensor: the dense gradient (its sign is ignored by the selection, no copy), or
+        seeded uniform noise for SET."""
+        kept = self._handle.kept
         if self.grow == "random":
             return {
                 n: torch.rand(k.shape, generator=self._generator).to(k.device)
-                for n, k in self._keep.items()
+                for n, k in kept.items()
             }
         world = _dist_world()
         out = {}
-        for n, k in self._keep.items():
+        for n, k in kept.items():
             g = self._dense.get(n)
             if g is None:  # no gradient reached it: nothing to prefer
                 g = torch.zeros(k.shape, device=k.device)
             elif world > 1:
                 torch.distributed.all_reduce(g)
                 g.div_(world)
-            out[n] = g.abs().float()
+            out[n] = g
         return out
 
     @torch.no_grad()
     def _update(self, frac: float) -> None:
-        current = Mask(dict(self._keep))
-        magnitudes = {n: p.detach().abs() for n, p in self._params.items()}
-        after = prune_by_score(magnitudes, amount=frac, mask=current, scope=self.scope)
-        dropped = {n: int(current[n].sum()) - int(after[n].sum()) for n in current}
+        """Drop by magnitude, grow by score, then write: every new mask is computed (and every
+        selection's input checked) before the first write."""
+        kept, params = self._handle.kept, self._handle.params
+        # the weights themselves: the selection ranks |w| from their bits, without a copy
+        drop = {n: TensorPart(p.detach(), kept[n], p.numel()) for n, p in params.items()}
+        after = select(drop, sparsity=None, amount=frac, scope=self.scope)
         scores = self._grow_scores()
-        pools = [[n] for n in current] if self.scope == "tensor" else [list(current)]
-        new = {}
+        pools = [[n] for n in kept] if self.scope == "tensor" else [list(kept)]
+        grown: dict[str, torch.Tensor] = {}
         for pool in pools:
-            count = sum(dropped[n] for n in pool)
-            candidates = {n: ~after[n] for n in pool}
-            new.update(_grow(scores, candidates, count, after))
-        for n, p in self._params.items():
-            p.mul_(after[n])  # dropped weights to 0; grown ones start at 0
-            for v in self._optimizer.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                    v.mul_(after[n])
-            self._keep[n].copy_(new[n])
-            if self._handle.mask[n] is not self._keep[n]:
-                self._handle.mask[n].copy_(new[n].to(self._handle.mask[n].device))
+            numel = sum(kept[n].numel() for n in pool)
+            active = sum(_count(kept[n]) for n in pool)
+            # as many as the selection dropped: its own count of the pool
+            (count,) = counts_to_prune([numel], [active], None, frac, [f"tensor {pool[0]!r}"])
+            candidates = {n: _not(after[n]) for n in pool}
+            grown.update(_grow(scores, candidates, count, numel - active + count))
+        for n in kept:
+            self._handle.update_(n, _or_(after[n], grown[n]), reset=grown[n])
 
     # -- resuming -----------------------------------------------------------------------------
     def _config(self) -> torch.Tensor:
@@ -206,7 +212,8 @@ class DynamicSparsity:
             "config": self._config(),
             "generator": self._generator.get_state(),
         }
-        state.update({f"keep.{n}": k.detach().to("cpu").clone() for n, k in self._keep.items()})
+        kept = self._handle.kept
+        state.update({f"keep.{n}": k.detach().to("cpu").clone() for n, k in kept.items()})
         return state
 
     @torch.no_grad()
@@ -222,7 +229,8 @@ class DynamicSparsity:
             if key not in state:
                 raise FileFormatError(f"`state`: missing {key!r}; not a DynamicSparsity state")
         keeps = {k[len("keep.") :]: v for k, v in state.items() if k.startswith("keep.")}
-        check_layout(self._keep, keeps, what="the attached mask", where="the saved state")
+        kept = dict(self._handle.kept)
+        check_layout(kept, keeps, what="the attached mask", where="the saved state")
         for n, v in keeps.items():
             if v.dtype != torch.bool:
                 raise FileFormatError(f"`state['keep.{n}']`: expected torch.bool, found {v.dtype}")
@@ -240,15 +248,8 @@ class DynamicSparsity:
             raise FileFormatError("`state['generator']`: not a CPU generator state")
         self._generator.set_state(generator.clone())
         self.t, self.updates = (int(x) for x in step)
-        for n, p in self._params.items():
-            keep = keeps[n].to(p.device)
-            self._keep[n].copy_(keep)
-            if self._handle.mask[n] is not self._keep[n]:
-                self._handle.mask[n].copy_(keep.to(self._handle.mask[n].device))
-            p.mul_(keep)
-            for v in self._optimizer.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                    v.mul_(keep)
+        for n, keep in keeps.items():
+            self._handle.update_(n, keep)  # weights and optimizer state re-zeroed where pruned
         self._arm()
 
     def remove(self) -> None:
@@ -266,27 +267,49 @@ class DynamicSparsity:
         )
 
 
+# Bool passes through NumPy on CPU: several times faster than torch's there.
+def _cpu(*ts: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.is_contiguous() for t in ts)
+
+
+def _count(t: torch.Tensor) -> int:
+    return int(np.count_nonzero(t.numpy())) if _cpu(t) else int(torch.count_nonzero(t))
+
+
+def _not(t: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.logical_not(t.numpy())) if _cpu(t) else ~t
+
+
+def _or_(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if _cpu(a, b):
+        np.logical_or(a.numpy(), b.numpy(), out=a.numpy())
+        return a
+    return a.logical_or_(b)
+
+
+def _and_not(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.greater(a.numpy(), b.numpy())) if _cpu(a, b) else torch.gt(a, b)
+
+
 def _grow(
     scores: Mapping[str, torch.Tensor],
     candidates: dict[str, torch.Tensor],
     count: int,
-    after: Mask,
+    available: int,
 ) -> dict[str, torch.Tensor]:
-    """The new keep tensors of one pool: ``after`` plus the ``count`` best-scored candidates."""
-    available = sum(int(c.sum()) for c in candidates.values())
-    if count == 0:
-        return {n: after[n].clone() for n in candidates}
+    """The ``count`` best-scored of one pool's ``available`` candidates, as bool tensors."""
+    if count <= 0:
+        return {n: torch.zeros_like(c) for n, c in candidates.items()}
     if count >= available:
-        return {n: after[n] | candidates[n] for n in candidates}
-    # prune_by_score(largest=True) removes the `count` highest-scored candidates: those grow.
-    # amount * available rounds back to exactly `count` (the error is far below 1/2).
-    rest = prune_by_score(
-        {n: scores[n] for n in candidates},
-        amount=count / available,
-        mask=Mask(candidates),
-        largest=True,
-    )
-    return {n: after[n] | (candidates[n] & ~rest[n]) for n in candidates}
+        return candidates
+    # Pruning the `count` highest-scored candidates (largest=True) marks exactly those that
+    # grow; amount * available rounds back to exactly `count` (the error is far below 1/2).
+    parts = {n: TensorPart(scores[n], c, c.numel()) for n, c in candidates.items()}
+    try:
+        rest = select(parts, sparsity=None, amount=count / available, scope="global", largest=True)
+    except ArgumentError as e:  # the selection names the tensor; say it is a gradient
+        raise ArgumentError(f"growing by the dense gradient (a diverged step?): {e}") from None
+    return {n: _and_not(c, rest[n]) for n, c in candidates.items()}
 
 
 __all__ = ["GROW", "DynamicSparsity"]

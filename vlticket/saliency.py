@@ -11,7 +11,9 @@ mode so dropout is off and batch-norm statistics are not updated.
 - GraSP (Wang et al. 2020): ``−θ ⊙ Hg``; the highest scores are pruned.
 - SynFlow (Tanaka et al. 2020): data-free, ``|θ| ⊙ ∂R/∂|θ|`` with ``R`` the summed output of
   the network with every parameter replaced by its absolute value, on an all-ones input; pruned
-  iteratively on an exponential schedule, re-scoring the remaining weights each step.
+  iteratively on an exponential schedule, re-scoring the remaining weights each step. Each
+  LayerNorm divides by a power of two so R stays finite at any depth (see
+  :func:`synflow_scores`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import nn
 
 from ._naming import AdapterArg, prunable_tensors, unwrap
 from .core import Mask, prune_by_score
-from .errors import ArgumentError
+from .errors import ArgumentError, ShapeMismatchError
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 """``loss_fn(model, batch) -> scalar loss``: how the user's model computes its loss."""
@@ -182,9 +184,17 @@ def _linearized(model: nn.Module) -> Iterator[None]:
 
 
 def _affine_only(module: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """LayerNorm as ``x·|γ|·2^-k + |β|``: no centring (it would send the constant signal to 0),
+    and the scale divided by a power of two near mean(|x|), held constant for the gradient.
+    That division keeps every block's output near 1, as the real LayerNorm does, so R stays
+    finite at any depth and attention logits stay small (their rounding noise with them); being
+    an exact power of two it multiplies every score by the same factor in a network without
+    biases, where the ranking is then exactly that of the unscaled R."""
     x = args[0]
-    if module.weight is not None:
-        x = x * module.weight
+    m = x.detach().abs().mean()
+    usable = (m > 0) & torch.isfinite(m)
+    scale = torch.where(usable, torch.exp2(-torch.round(torch.log2(m))), torch.ones_like(m))
+    x = x * (module.weight * scale if module.weight is not None else scale)
     return x + module.bias if module.bias is not None else x
 
 
@@ -204,8 +214,9 @@ def _synflow_once(
     if not bool(torch.isfinite(r)):
         raise ArgumentError(
             f"SynFlow's R = sum(forward(model)) is {r.item()} in float64: the product of |θ| "
-            "over this many layers overflows; feed a smaller constant than ones (the ranking "
-            "is the same for a bias-free network) or score fewer layers"
+            "over this many layers overflows (only LayerNorm rescales it); feed a smaller "
+            "constant than ones (the ranking is the same for a bias-free network) or score "
+            "fewer layers"
         )
     grads = _grads(r, params, "`forward(model)`")
     # float64 scores: R grows by orders of magnitude per layer (1e59 for BERT-base), past float32
@@ -213,10 +224,9 @@ def _synflow_once(
     for n, s in scores.items():
         if not bool(torch.isfinite(s).all()):
             raise ArgumentError(
-                f"SynFlow score of tensor {n!r} overflows float64. Attention query/key weights "
-                "have zero SynFlow gradient on a constant input (uniform attention) and their "
-                "rounding noise overflows in deep transformers (BERT-base): leave them out of "
-                "the scored set (an adapter) or score fewer layers"
+                f"SynFlow score of tensor {n!r} is not finite in float64: the gradient of R "
+                "overflows (a deep network without LayerNorm, or `forward` producing inf/NaN "
+                "gradients); score fewer layers or feed a smaller constant than ones"
             )
     return scores
 
@@ -229,15 +239,31 @@ def synflow_scores(
     adapter: AdapterArg = None,
 ) -> dict[str, torch.Tensor]:
     """SynFlow scores ``|θ| ⊙ ∂R/∂|θ|`` of one step, with ``R = sum(forward(model))`` (data-free),
-    in float64 (they exceed float32's range on deep networks).
+    in float64.
 
-    While scoring, every floating-point parameter and buffer is ``|θ|`` in float64 (pruned
-    entries of ``mask`` at 0), dropout is off and ``nn.LayerNorm`` acts as ``x·|γ| + |β|``; the
-    model is restored bit for bit afterwards. ``forward(model)`` must feed an all-ones input in
-    float64 (for a transformer: ``inputs_embeds`` of ones, so word embeddings are not scored:
-    leave them out with an ``adapter``). Softmax of equal logits is uniform whatever the query
-    and key weights are, so their SynFlow gradient is 0 and they are pruned first, whole
-    matrices at a time: for attention, score them another way or leave them out.
+    The linearized network. While scoring, every floating-point parameter and buffer is ``|θ|``
+    in float64 (pruned entries of ``mask`` at 0) and dropout is off; the model is restored bit
+    for bit afterwards. ``forward(model)`` must feed an all-ones input in float64.
+
+    - Embeddings: for a transformer feed ``inputs_embeds`` of ones; word embeddings are then
+      not reached (leave them out with an ``adapter``: an unreached tensor is refused), and
+      position or token-type embeddings enter as ``|E|`` added to the ones, like biases.
+    - ``nn.LayerNorm`` acts as ``x·|γ|·2^-k + |β|``: no centring (it would send the constant
+      signal to 0), and ``2^k`` a power of two near ``mean(|x|)``, held constant for the
+      gradient. Without it ``R`` grows by the layer gain every block (about 1e5 per BERT-base
+      layer, 1e62 after 12) and attention logits reach 1e100, where softmax amplifies float64
+      rounding noise to inf. Dividing by an exact power of two keeps every block's output near
+      1, as the real LayerNorm does, and in a network without biases multiplies every score by
+      the same factor: the ranking is exactly that of the unscaled ``R``. With biases it sets
+      them against activations of the real network's scale instead of vanishing ones.
+    - Softmax is not replaced: it sees the logits of the ``|θ|`` network. Where every token is
+      the same (one token, no position embeddings) they are equal, attention is the plain mean
+      of the values, and query and key weights get a zero score and are pruned first, whole
+      matrices at a time: score them another way or leave them out. Softmax is not monotone in
+      its logits, so query/key scores may be slightly negative (``prune_by_score`` ranks them).
+    - Activations (ReLU, GELU) see the positive signal and pass it on.
+
+    A network whose ``R`` still overflows float64 (very deep, no LayerNorm) is refused.
 
     Example:
         >>> import torch, vlticket
@@ -248,9 +274,25 @@ def synflow_scores(
         True
     """
     params = _targets(model, adapter)
-    keep = {} if mask is None else {n: mask[n] for n in params if n in mask}
+    keep = _kept(mask, params)
     with _scoring(model, params), _linearized(model):
         return _synflow_once(model, forward, params, keep)
+
+
+def _kept(mask: Mask | None, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of ``mask`` for the scored tensors, each checked against its tensor."""
+    if mask is None:
+        return {}
+    if not isinstance(mask, Mask):
+        raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
+    keep = {n: mask[n] for n in params if n in mask}
+    for n, k in keep.items():
+        if k.shape != params[n].shape:
+            raise ShapeMismatchError(
+                f"`mask[{n!r}]` has shape {tuple(k.shape)}, tensor {n!r} has "
+                f"{tuple(params[n].shape)}"
+            )
+    return {n: k.to(params[n].device) for n, k in keep.items()}
 
 
 def _synflow_iterative(

@@ -39,7 +39,8 @@ from ._passes import (
     scan,
 )
 
-_SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one
+_SAMPLE = 1 << 18  # sampled magnitudes used to bracket the k-th one, at most
+_MIN_SAMPLE = 1 << 13  # and at least
 _BLOCK = 16  # the sample reads runs of 16 neighbours: one cache line of float32
 _MIN_CAP = 1 << 16  # entries a pass may collect, at least (else 1/64 of the eligible ones)
 
@@ -107,7 +108,7 @@ def keep_smallest_pruned(
     cap = max(_MIN_CAP, total // 64)
     r = k - 1  # rank (0-based) of the last key pruned
     lo, hi, c_lo, c_hi = 0, space.inf - 1, 0, total
-    b_lo, b_hi = _sample_bracket(pieces, r, total, _SAMPLE, space, reduce)
+    b_lo, b_hi = _sample_bracket(pieces, r, total, _sample_size(total, cap), space, reduce)
     t = None
     while t is None:
         found, bad = scan(pieces, outs, b_lo, b_hi, cap, space)
@@ -144,6 +145,13 @@ def keep_smallest_pruned(
     return [
         o.reshape(p.weight.shape).to(p.weight.device) for o, p in zip(outs_t, pieces, strict=True)
     ]
+
+
+def _sample_size(total: int, cap: int) -> int:
+    """Keys to sample so the bracket (about 5/sqrt(m) of the entries wide) holds at most half
+    of what one pass may collect: a small pool (one tensor, ``scope="tensor"``) needs far
+    fewer than ``_SAMPLE``, and sampling is most of the cost of selecting in it."""
+    return int(min(_SAMPLE, max(_MIN_SAMPLE, (10 * total / max(cap, 1)) ** 2)))
 
 
 def _constant(p: Piece, keep_all: bool) -> torch.Tensor:
@@ -189,7 +197,7 @@ def _sample_piece(p: Piece, fraction: float, space: KeySpace) -> np.ndarray:
     keep = p.keep.reshape(-1) if p.keep is not None else None
     blocks = w.numel() // _BLOCK
     if fraction < 1.0 and blocks >= 4:
-        step = max(1, round(1.0 / fraction))
+        step = _coprime_step(max(1, round(1.0 / fraction)), p.weight.shape)
         w = w[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
         if keep is not None:
             keep = keep[: blocks * _BLOCK].view(blocks, _BLOCK)[::step]
@@ -198,6 +206,17 @@ def _sample_piece(p: Piece, fraction: float, space: KeySpace) -> np.ndarray:
     if keep is not None:
         keys = keys[keep.reshape(-1).cpu().numpy()]
     return keys
+
+
+def _coprime_step(step: int, shape: torch.Size) -> int:
+    """A stride of at least ``step`` blocks that reaches every column of a row: one sharing a
+    factor with the row's length in blocks samples only some columns, and the columns of a
+    gradient (or of a trained weight) differ in scale, so the bracket would miss."""
+    row = shape[-1] if len(shape) >= 2 else 0
+    period = row // math.gcd(row, _BLOCK) if row else 1
+    while math.gcd(step, period) != 1:
+        step += 1
+    return step
 
 
 def _refine(
