@@ -55,17 +55,27 @@ class SparseLinear(_InferenceOnly):
         with warnings.catch_warnings():  # torch flags CSR as beta at every conversion
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             csr = (w * keep.to(w.device)).to_sparse_csr()
+        if csr.values().numel() < 2**31 and max(w.shape) < 2**31:  # MKL's kernels take int32
+            csr = torch.sparse_csr_tensor(
+                csr.crow_indices().int(),
+                csr.col_indices().int(),
+                csr.values(),
+                csr.shape,
+                check_invariants=True,
+            )
         self.register_buffer("weight", csr)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels.
-        out = torch.sparse.mm(self.weight, rows.t()).t()
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], self.out_features)
+        # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels, with
+        # x^T contiguous and the bias added by the same addmm (measured fastest on CPU).
+        cols = x.reshape(-1, self.in_features).t().contiguous()
+        if self.bias is None:
+            out = torch.sparse.mm(self.weight, cols)
+        else:
+            out = torch.addmm(self.bias.unsqueeze(1), self.weight, cols)
+        return out.t().reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         nnz = self.weight.values().numel()
