@@ -187,3 +187,21 @@ def test_a_wrong_hash_is_named_even_when_the_header_breaks_first(tmp_path, tiny_
     path.write_bytes(bytes(data))
     with pytest.raises(FileFormatError, match="SHA-256"):
         vlticket.load_sparse(tmp_path, type(tiny_net)())
+
+
+def test_tied_weights_stay_masked_in_place(tmp_path):
+    """A tied tensor has two state keys; the one the mask names is saved sparse, the other
+    dense, and loading must leave the shared tensor masked."""
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    mask = vlticket.prune_magnitude(model, sparsity=0.5)
+    vlticket.save_sparse(model, mask, tmp_path)
+    other = vlticket.load_sparse(tmp_path, Tied())
+    mask.apply(model)
+    assert torch.equal(other.a.weight, model.a.weight) and other.b.weight is other.a.weight

@@ -70,7 +70,7 @@ def save_sparse(
     tensors = {}
     for key, t in state.items():
         name = keys.get(key)
-        tensors[key] = t.reshape(-1)[mask[name].to("cpu").reshape(-1)] if name else t
+        tensors[key] = _kept_values(t, mask[name]) if name else t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (SPARSE_CONFIG, MODEL_CONFIG):  # a half-rewritten folder must not validate
@@ -83,6 +83,8 @@ def save_sparse(
     if hasattr(model_config, "to_json_string"):
         _files.atomic_write_bytes(folder / MODEL_CONFIG, model_config.to_json_string().encode())
         files.append(MODEL_CONFIG)
+    with ThreadPoolExecutor(len(files)) as pool:  # hashlib releases the GIL
+        records = {f: pool.submit(file_record, folder / f) for f in files}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -90,7 +92,7 @@ def save_sparse(
         "tensors": {name: key for key, name in keys.items()},
         "shapes": {k: list(t.shape) for k, t in state.items()},
         "dtypes": {k: str(t.dtype).removeprefix("torch.") for k, t in state.items()},
-        "files": {f: file_record(folder / f) for f in files},
+        "files": {f: r.result() for f, r in records.items()},
     }
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _files.atomic_write_bytes(folder / SPARSE_CONFIG, text.encode())
@@ -135,12 +137,13 @@ def load_sparse(
                 f"tensor {key!r}: the sparse folder holds {t.dtype}, `model` has "
                 f"{current[key].dtype}"
             )
-    # Pruned tensors are written straight into the model's own storage (no dense copy).
+    dense = {k: t for k, t in checked.stored.items() if k not in checked.bits}
+    model.load_state_dict(dense, strict=False)  # every name was checked above
+    # Pruned tensors are written straight into the model's own storage (no dense copy), last:
+    # a tied tensor's other name was saved unpruned, and the mask must win.
     with torch.no_grad():
         for key, bits in checked.bits.items():
             _fill(current[key], bits, checked.stored[key])
-    dense = {k: t for k, t in checked.stored.items() if k not in checked.bits}
-    model.load_state_dict(dense, strict=False)  # every name was checked above
     return model
 
 
@@ -181,6 +184,12 @@ def read_sparse(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dic
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _kept_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The kept entries of ``t`` in row-major order (numpy's nonzero: torch's is slower)."""
+    kept = torch.from_numpy(np.flatnonzero(keep.to("cpu").numpy()))
+    return t.reshape(-1).index_select(0, kept)
+
+
 def _state_keys(model: nn.Module, mask: Mask, adapter: AdapterArg) -> dict[str, str]:
     """state_dict key -> mask name, for every masked tensor, checked against the model."""
     if not isinstance(model, nn.Module):
