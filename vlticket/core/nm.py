@@ -18,7 +18,9 @@ import torch
 from ..errors import ArgumentError, ShapeMismatchError
 
 _PATTERN = re.compile(r"(\d+):(\d+)")
-_CHUNK_GROUPS = 1 << 16  # columns of 256 KiB stay in cache
+# Columns of 2^15 entries stay in cache and at torch's threading grain: parallel regions on ops
+# this small cost more than they gain (and collapse on a busy machine), so each op runs serially.
+_CHUNK_GROUPS = 1 << 15
 _PACKED = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # M bools as one integer
 
 
