@@ -163,7 +163,9 @@ def test_push_and_pull_through_the_hub(hub, tmp_path):  # noqa: F811
 @settings(max_examples=40, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 9), min_size=1, max_size=3),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.int64]),
+    dtype=st.sampled_from(
+        [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.complex128]
+    ),
     transposed=st.booleans(),
     seed=st.integers(0, 2**16),
 )
