@@ -24,8 +24,9 @@ from .core import Mask
 from .errors import ArgumentError
 
 # The sparsity from which CSR beat the dense matmul on BERT-base Linear shapes at 8 x 128 tokens
-# and 2 threads on the development CPU (benchmarks/run.py --only export, a quiet run: 1.13x at
-# 0.9, 0.65x at 0.8): below it, a layer stays dense.
+# and 2 threads on the development CPU (benchmarks/run.py --only export: 1.13x at 0.9 and 0.65x
+# at 0.8 in a quiet run; 1.2-1.34x and 0.67-0.82x in three busier runs with the int32 + addmm
+# layout): below it, a layer stays dense.
 CSR_MIN_SPARSITY = 0.9
 FORMATS = ("csr", "2:4")
 
