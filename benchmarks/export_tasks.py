@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch import nn
 
 import vlticket
 from vlticket.export import SparseLinear
+from vlticket.hub.config import sha256
 
 SHAPES = ((768, 768), (3072, 768), (768, 3072))  # (out, in): attention, FFN in, FFN out
 LAYER_MIX = (4, 1, 1)  # how many of each a BERT layer holds
@@ -94,14 +96,24 @@ def sparse_checkpoint(spec) -> dict:
     mask.apply(model)
     target = copy.deepcopy(model)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    times = {"dense_save": [], "dense_load": [], "sparse_save": [], "sparse_load": []}
+    times = {k: [] for k in ("dense_save", "dense_load", "hashed_load", "sparse_save")}
+    times |= {"sparse_load": [], "sparse_hash": []}
     with tempfile.TemporaryDirectory() as tmp:
         dense_path, folder = os.path.join(tmp, "model.safetensors"), os.path.join(tmp, "sparse")
+        dense = Path(dense_path)
+        files = [Path(folder, f) for f in ("sparse.safetensors", "mask.safetensors")]
+
+        def load_dense():
+            return target.load_state_dict(load_file(dense_path))
+
         for _ in range(spec["repeats"]):
             times["dense_save"].append(timed(lambda: save_file(state, dense_path)))
-            times["dense_load"].append(timed(lambda: target.load_state_dict(load_file(dense_path))))
+            times["dense_load"].append(timed(load_dense))
             times["sparse_save"].append(timed(lambda: vlticket.save_sparse(model, mask, folder)))
             times["sparse_load"].append(timed(lambda: vlticket.load_sparse(folder, target)))
+            # Like for like: the dense load plus the SHA-256 check load_sparse makes of its files.
+            times["hashed_load"].append(timed(lambda: (load_dense(), sha256(dense))))
+            times["sparse_hash"].append(timed(lambda: [sha256(f) for f in files]))
         header, _ = vlticket._files.read_header(os.path.join(folder, "sparse.safetensors"))
         mheader, _ = vlticket._files.read_header(os.path.join(folder, "mask.safetensors"))
         span = lambda h, n: h[n]["data_offsets"][1] - h[n]["data_offsets"][0]  # noqa: E731

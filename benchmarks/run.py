@@ -364,6 +364,15 @@ def bench_export(args, rows: list) -> None:
             f"{med(t['dense_load']) / med(t['sparse_load']):.2f}×",
         )
     )
+    rows.append(
+        (
+            "sparse checkpoint at 70%: load vs a dense load that also checks SHA-256",
+            "bert-base",
+            f"{span(t['sparse_load'])} (SHA-256 of its files alone: {span(t['sparse_hash'])})",
+            f"{span(t['hashed_load'])} (safetensors + SHA-256)",
+            f"{med(t['hashed_load']) / med(t['sparse_load']):.2f}×",
+        )
+    )
     n = run_task({**base, "task": "nm_select"})
     rows.append(
         (

@@ -111,3 +111,31 @@ def test_pattern_with_sparsity_is_refused():
 def test_nonfinite_refused():
     with pytest.raises(ArgumentError, match="NaN"):
         vlticket.prune_magnitude({"w": torch.tensor([[1.0, float("nan"), 0, 0]])}, pattern="2:4")
+
+
+@pytest.mark.parametrize("pattern", ["1:2", "3:16", "7:12", "5:8", "1:3"])
+@pytest.mark.parametrize("largest", [False, True])
+def test_wide_groups_match_reference(pattern, largest):
+    """Other widths than the packed 2, 4 and 8 take the plain path; both match the reference."""
+    n, m = map(int, pattern.split(":"))
+    g = torch.Generator().manual_seed(m)
+    w = torch.randn(6, 4 * m, generator=g)
+    w[0, :m] = 0.5  # a tied group
+    got = vlticket.prune_magnitude({"w": w}, pattern=pattern, largest=largest)["w"]
+    expected = torch.zeros(w.numel(), dtype=torch.bool)
+    flat = w.reshape(-1).tolist()
+    for start in range(0, len(flat), m):  # by (score, position): ties prune the earlier first
+        score = [(-abs(v) if largest else abs(v), i) for i, v in enumerate(flat[start : start + m])]
+        for _, i in sorted(score)[m - n :]:
+            expected[start + i] = True
+    assert torch.equal(got, expected.reshape(w.shape))
+
+
+@pytest.mark.parametrize("m", range(2, 13))
+def test_sorting_network_sorts_every_bit_pattern(m):
+    """0-1 principle: a comparator network sorting every 0/1 input sorts every input."""
+    from vlticket.core.nm import _sort_columns, _sorting_network
+
+    rows = torch.tensor([[b >> i & 1 for i in range(m)] for b in range(1 << m)])
+    ranked = torch.stack(_sort_columns(list(rows.unbind(1)), _sorting_network(m)), dim=1)
+    assert torch.equal(ranked, rows.sort(dim=1).values)

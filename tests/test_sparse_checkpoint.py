@@ -6,9 +6,12 @@ import pytest
 import torch
 import transformers
 from hub_server import hub  # noqa: F401  (pytest fixture)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vlticket
 from vlticket import FileFormatError, NameMismatchError, ShapeMismatchError
+from vlticket.core import mask_file
 from vlticket.hub import sparse
 
 
@@ -155,3 +158,52 @@ def test_push_and_pull_through_the_hub(hub, tmp_path):  # noqa: F811
     loaded = vlticket.load_sparse("alice/tiny-sparse")
     mask.apply(model)
     assert _same(model, loaded)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 9), min_size=1, max_size=3),
+    dtype=st.sampled_from(
+        [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.complex128]
+    ),
+    transposed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fill_writes_exactly_the_masked_tensor(shape, dtype, transposed, seed):
+    """The loader's in-place fill equals ``t * keep`` bit for bit, contiguous or not."""
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(shape, generator=g) * 100).to(dtype)
+    keep = torch.rand(shape, generator=g) > 0.6
+    bits = mask_file._pack(keep).numpy()
+    dest = torch.full(shape[::-1], 7, dtype=dtype).permute(*range(len(shape) - 1, -1, -1))
+    dest = dest if transposed else torch.empty_like(t)
+    sparse._fill(dest, bits, t[keep])
+    assert torch.equal(dest, torch.where(keep, t, torch.zeros((), dtype=dtype)))
+
+
+def test_a_wrong_hash_is_named_even_when_the_header_breaks_first(tmp_path, tiny_net):
+    vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), tmp_path)
+    path = tmp_path / "sparse.safetensors"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF  # inside the JSON header
+    path.write_bytes(bytes(data))
+    with pytest.raises(FileFormatError, match="SHA-256"):
+        vlticket.load_sparse(tmp_path, type(tiny_net)())
+
+
+def test_tied_weights_stay_masked_in_place(tmp_path):
+    """A tied tensor has two state keys; the one the mask names is saved sparse, the other
+    dense, and loading must leave the shared tensor masked."""
+
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+            self.b.weight = self.a.weight
+
+    model = Tied()
+    mask = vlticket.prune_magnitude(model, sparsity=0.5)
+    vlticket.save_sparse(model, mask, tmp_path)
+    other = vlticket.load_sparse(tmp_path, Tied())
+    mask.apply(model)
+    assert torch.equal(other.a.weight, model.a.weight) and other.b.weight is other.a.weight

@@ -11,13 +11,30 @@ than N kept weights keeps them all.
 from __future__ import annotations
 
 import re
+import sys
 
 import torch
 
 from ..errors import ArgumentError, ShapeMismatchError
 
 _PATTERN = re.compile(r"(\d+):(\d+)")
-_CHUNK_GROUPS = 1 << 12  # small chunks stay in cache and below torch's threading grain
+# Columns of 2^15 entries stay in cache and at torch's threading grain: parallel regions on ops
+# this small cost more than they gain (and collapse on a busy machine), so each op runs serially.
+_CHUNK_GROUPS = 1 << 15
+_PACKED = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # M bools as one integer
+
+
+def _key(dtype: torch.dtype, int_dtype: torch.dtype) -> tuple[torch.dtype, torch.Tensor]:
+    return int_dtype, torch.tensor(float("inf"), dtype=dtype).view(int_dtype)
+
+
+# Float dtype -> (integer of its width, bits of +inf): a float's magnitude orders as its bits.
+_KEYS = {
+    torch.float16: _key(torch.float16, torch.int16),
+    torch.bfloat16: _key(torch.bfloat16, torch.int16),
+    torch.float32: _key(torch.float32, torch.int32),
+    torch.float64: _key(torch.float64, torch.int64),
+}
 
 
 def parse_pattern(pattern: object) -> tuple[int, int]:
@@ -70,35 +87,84 @@ def keep_nm(
     groups = _groups(weight.detach(), m, name, pattern)
     prior = None if keep is None else _groups(keep, m, name, pattern)
     out = torch.empty(groups.shape, dtype=torch.bool, device=weight.device)
+    key_dtype, inf = _KEYS[weight.dtype]
+    magnitude = torch.iinfo(key_dtype).max  # every bit but the sign
+    network = _sorting_network(m)
     for start in range(0, groups.shape[0], _CHUNK_GROUPS):
         rows = slice(start, start + _CHUNK_GROUPS)
-        score = groups[rows].abs()
-        if not torch.isfinite(score.amax()):  # amax propagates NaN
+        # |w| ordered as the integers of its bits, one contiguous column per group position.
+        bits = groups[rows].view(key_dtype)
+        keys = [torch.bitwise_and(bits[:, i], magnitude) for i in range(m)]
+        if max(int(k.amax()) for k in keys) >= int(inf):  # inf or NaN bits
             raise ArgumentError(f"`weights[{name!r}]` holds NaN or infinite values")
         if largest:
-            score.neg_()
+            keys = [torch.sub(inf, k) for k in keys]  # > 0, smallest magnitude largest
         if prior is not None:
-            score.masked_fill_(~prior[rows], float("-inf"))  # never above any threshold
-        # Keep what reaches the group's N-th largest score; a sort settles the rare tied groups.
-        top = torch.topk(score, n + 1, dim=1).values
-        nth = top[:, n - 1 : n]
-        chunk = torch.ge(score, nth, out=out[rows])
-        chunk &= score > float("-inf")
-        tied = (top[:, n] == nth[:, 0]) & (nth[:, 0] > float("-inf"))
-        if tied.any():
-            chunk[tied] = _keep_sorted(score[tied], n)
+            keys = [k.masked_fill_(~prior[rows, i], -1) for i, k in enumerate(keys)]
+        # A sorting network (a few elementwise min/max over whole columns) finds each group's
+        # N-th largest key; far faster than topk or sort over rows of M.
+        ranked = _sort_columns(keys, network)
+        nth, below = ranked[m - n], ranked[m - n - 1]
+        if prior is not None:
+            nth = nth.clamp_min(0)  # a group with fewer than N kept keeps them all, no -1
+        chunk = out[rows]
+        _write_keep(chunk, keys, nth)
+        # A group whose N-th and (N+1)-th largest tie needs the index order: a stable sort.
+        if int(torch.sub(nth, below).amin()) == 0:  # nth >= below always
+            tied = torch.eq(nth, below)
+            chunk[tied] = _keep_sorted(torch.stack(keys, dim=1)[tied], n)
     return out.reshape(weight.shape)
+
+
+def _write_keep(out: torch.Tensor, keys: list[torch.Tensor], nth: torch.Tensor) -> None:
+    """``out[:, i] = keys[i] >= nth``. For M = 2, 4 or 8 the M bools of a group are one
+    little-endian integer built from sign bits: bool outputs strided by M are slow in torch."""
+    m, packed = len(keys), _PACKED.get(len(keys))
+    if packed is None or sys.byteorder != "little":
+        torch.stack([torch.ge(k, nth) for k in keys], dim=1, out=out)
+        return
+    top = torch.iinfo(nth.dtype).bits - 1
+    below = nth - 1
+    code = None
+    for i in reversed(range(m)):  # -1 where keys[i] >= nth (below - key < 0), else 0
+        sign = torch.sub(below, keys[i]).bitwise_right_shift_(top).to(packed)
+        code = sign if code is None else torch.add(sign, code, alpha=256)
+    torch.neg(code, out=out.view(packed).view(-1))
 
 
 def _keep_sorted(score: torch.Tensor, n: int) -> torch.Tensor:
     """Keep the last ``n`` of each row in stable ascending order (ties: earlier pruned first),
-    never a ``-inf`` (already pruned) entry."""
+    never a pruned (negative) entry."""
     m = score.shape[1]
     order = torch.sort(score, dim=1, stable=True).indices
     last = torch.zeros(1, m, dtype=torch.bool, device=score.device)
     last[:, m - n :] = True
     keep = torch.empty_like(order, dtype=torch.bool).scatter_(1, order, last.expand_as(order))
-    return keep & (score > float("-inf"))
+    return keep & (score >= 0)
+
+
+def _sorting_network(m: int) -> list[tuple[int, int]]:
+    """Comparator pairs that sort any ``m`` values (Batcher's merge exchange, Knuth's
+    Algorithm 5.2.2M): 5 for m = 4, 19 for m = 8."""
+    t = max(1, (m - 1).bit_length())
+    pairs, p = [], 1 << (t - 1)
+    while p > 0:
+        q, r, d = 1 << (t - 1), 0, p
+        while True:
+            pairs += [(i, i + d) for i in range(m - d) if i & p == r]
+            if q == p:
+                break
+            d, q, r = q - p, q >> 1, p
+        p >>= 1
+    return pairs
+
+
+def _sort_columns(cols: list[torch.Tensor], network: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """M columns sorted ascending within each row (group)."""
+    cols = list(cols)
+    for i, j in network:
+        cols[i], cols[j] = torch.minimum(cols[i], cols[j]), torch.maximum(cols[i], cols[j])
+    return cols
 
 
 def satisfies(keep: torch.Tensor, pattern: str, *, name: str = "mask") -> bool:

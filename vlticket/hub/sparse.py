@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .. import _files
@@ -37,6 +41,7 @@ SPARSE_FILES = (SPARSE_CONFIG, WEIGHTS_FILE, MASK_FILE, MODEL_CONFIG)
 FORMAT = "vlticket.sparse"
 FORMAT_VERSION = 1
 _MAX_JSON_BYTES = 16 * 1024 * 1024
+_SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def save_sparse(
@@ -66,7 +71,7 @@ def save_sparse(
     tensors = {}
     for key, t in state.items():
         name = keys.get(key)
-        tensors[key] = t.reshape(-1)[mask[name].to("cpu").reshape(-1)] if name else t
+        tensors[key] = _kept_values(t, mask[name]) if name else t
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (SPARSE_CONFIG, MODEL_CONFIG):  # a half-rewritten folder must not validate
@@ -79,6 +84,8 @@ def save_sparse(
     if hasattr(model_config, "to_json_string"):
         _files.atomic_write_bytes(folder / MODEL_CONFIG, model_config.to_json_string().encode())
         files.append(MODEL_CONFIG)
+    with ThreadPoolExecutor(len(files)) as pool:  # hashlib releases the GIL
+        records = {f: pool.submit(file_record, folder / f) for f in files}
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -86,7 +93,7 @@ def save_sparse(
         "tensors": {name: key for key, name in keys.items()},
         "shapes": {k: list(t.shape) for k, t in state.items()},
         "dtypes": {k: str(t.dtype).removeprefix("torch.") for k, t in state.items()},
-        "files": {f: file_record(folder / f) for f in files},
+        "files": {f: r.result() for f, r in records.items()},
     }
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _files.atomic_write_bytes(folder / SPARSE_CONFIG, text.encode())
@@ -112,23 +119,32 @@ def load_sparse(
         >>> model = vlticket.load_sparse("tiny-sparse", torch.nn.Linear(8, 8))  # doctest: +SKIP
     """
     folder = remote.local_or_download(repo_id_or_dir, list(SPARSE_FILES), **download)
-    state, record = read_sparse(folder)
     if model is None:
+        state, record = read_sparse(folder)
         model = _rebuild(folder, record)
         model.load_state_dict(state, assign=True)  # keeps each tensor's saved dtype
         model.tie_weights()
         return model
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    checked = _read_checked(Path(folder))
     current = model.state_dict()
-    check_layout(state, current, what=f"the sparse folder {str(folder)!r}", where="`model`")
-    for key, t in state.items():
+    check_layout(
+        checked.shapes, current, what=f"the sparse folder {str(folder)!r}", where="`model`"
+    )
+    for key, t in checked.stored.items():
         if t.dtype != current[key].dtype:
             raise ShapeMismatchError(
                 f"tensor {key!r}: the sparse folder holds {t.dtype}, `model` has "
                 f"{current[key].dtype}"
             )
-    model.load_state_dict(state)
+    dense = {k: t for k, t in checked.stored.items() if k not in checked.bits}
+    model.load_state_dict(dense, strict=False)  # every name was checked above
+    # Pruned tensors are written straight into the model's own storage (no dense copy), last:
+    # a tied tensor's other name was saved unpruned, and the mask must win.
+    with torch.no_grad():
+        for key, bits in checked.bits.items():
+            _fill(current[key], bits, checked.stored[key])
     return model
 
 
@@ -157,33 +173,24 @@ def push_sparse(
 
 def read_sparse(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The dense, masked ``state_dict`` of a sparse folder and its checked record."""
-    folder = Path(folder)
-    record = _read_record(folder)
-    for name in record["files"]:
-        _check_file(folder, name, record["files"][name])
-    shapes = {k: tuple(s) for k, s in record["shapes"].items()}
-    mask = _read_mask(folder, record, shapes)
-    header, meta = _files.read_header(folder / WEIGHTS_FILE)
-    _files.require_format(folder / WEIGHTS_FILE, meta, FORMAT, {str(FORMAT_VERSION)})
-    pruned = {key: name for name, key in record["tensors"].items()}
-    expected = {k: (int(mask[pruned[k]].sum()),) if k in pruned else s for k, s in shapes.items()}
-    found = {k: tuple(e["shape"]) for k, e in header.items()}
-    where = f"{str(folder / WEIGHTS_FILE)!r}"
-    check_layout(expected, found, what=SPARSE_CONFIG, where=where, error=FileFormatError)
-    stored = _files.load_tensors(folder / WEIGHTS_FILE, list(shapes))
+    checked = _read_checked(Path(folder))
     state = {}
-    for key, t in stored.items():
-        if str(t.dtype).removeprefix("torch.") != record["dtypes"].get(key):
-            raise FileFormatError(f"{where}: tensor {key!r} is {t.dtype}, {SPARSE_CONFIG} says")
-        if key in pruned:
-            dense = torch.zeros(shapes[key], dtype=t.dtype)
-            dense.reshape(-1)[mask[pruned[key]].reshape(-1)] = t
-            t = dense
-        state[key] = t
-    return state, record
+    for key, t in checked.stored.items():
+        if key in checked.bits:
+            state[key] = torch.empty(checked.shapes[key], dtype=t.dtype)
+            _fill(state[key], checked.bits[key], t)
+        else:
+            state[key] = t.clone()  # its own memory, not a view of the file
+    return state, checked.record
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _kept_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The kept entries of ``t`` in row-major order (numpy's nonzero: torch's is slower)."""
+    kept = torch.from_numpy(np.flatnonzero(keep.to("cpu").numpy()))
+    return t.reshape(-1).index_select(0, kept)
+
+
 def _state_keys(model: nn.Module, mask: Mask, adapter: AdapterArg) -> dict[str, str]:
     """state_dict key -> mask name, for every masked tensor, checked against the model."""
     if not isinstance(model, nn.Module):
@@ -234,24 +241,122 @@ def _read_record(folder: Path) -> dict[str, Any]:
     return record
 
 
-def _check_file(folder: Path, name: str, want: Any) -> None:
+class _Checked(NamedTuple):
+    """A sparse folder read and checked, nothing of a model touched yet."""
+
+    record: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]  # state key -> dense shape
+    stored: dict[str, torch.Tensor]  # state key -> the tensor as stored (kept values if pruned)
+    bits: dict[str, np.ndarray]  # pruned state key -> its mask bits, packed as in the file
+
+
+def _read_checked(folder: Path) -> _Checked:
+    """Read every file of ``folder`` and check it against the record.
+
+    The SHA-256 of each file is computed in background threads (hashlib releases the GIL) while
+    the headers are parsed and the mask unpacked; all of it finishes before this returns. A file
+    whose hash is wrong is reported as such, even when its header failed first.
+    """
+    record = _read_record(folder)
+    for name, want in record["files"].items():
+        _check_size(folder, name, want)
+    with ThreadPoolExecutor(len(record["files"])) as pool:
+        digests = {name: pool.submit(sha256, folder / name) for name in record["files"]}
+        try:
+            checked = _read_files(folder, record)
+        except FileFormatError:
+            _check_digests(folder, record, digests)
+            raise
+        _check_digests(folder, record, digests)
+    return checked
+
+
+def _read_files(folder: Path, record: dict[str, Any]) -> _Checked:
+    shapes = {k: tuple(s) for k, s in record["shapes"].items()}
+    bits = _read_bits(folder, record, shapes)
+    header, meta = _files.read_header(folder / WEIGHTS_FILE)
+    _files.require_format(folder / WEIGHTS_FILE, meta, FORMAT, {str(FORMAT_VERSION)})
+    expected = {k: (_count(bits[k], math.prod(s)),) if k in bits else s for k, s in shapes.items()}
+    found = {k: tuple(e["shape"]) for k, e in header.items()}
+    where = f"{str(folder / WEIGHTS_FILE)!r}"
+    check_layout(expected, found, what=SPARSE_CONFIG, where=where, error=FileFormatError)
+    # Memory-mapped, as safetensors loads a dense checkpoint: the kept values are copied once,
+    # from the page cache straight into their destination.
+    with safe_open(folder / WEIGHTS_FILE, framework="pt") as f:
+        stored = {key: f.get_tensor(key) for key in shapes}
+    for key, t in stored.items():
+        if str(t.dtype).removeprefix("torch.") != record["dtypes"].get(key):
+            raise FileFormatError(f"{where}: tensor {key!r} is {t.dtype}, {SPARSE_CONFIG} says")
+    return _Checked(record, shapes, stored, bits)
+
+
+def _read_bits(
+    folder: Path, record: dict[str, Any], shapes: dict[str, tuple]
+) -> dict[str, np.ndarray]:
+    """Pruned state key -> its mask bits as stored (bit-packed, little-endian, see
+    :mod:`vlticket.core.mask_file`), after the mask file's header is checked."""
+    path = folder / MASK_FILE
+    found, _ = mask_file.read_shapes(path)
+    expected = {name: shapes[key] for name, key in record["tensors"].items()}
+    check_layout(expected, found, what=SPARSE_CONFIG, where=str(path), error=FileFormatError)
+    packed = _files.load_tensors(path, list(record["tensors"]))
+    return {key: packed[name].numpy() for name, key in record["tensors"].items()}
+
+
+def _unpack(bits: np.ndarray, numel: int) -> np.ndarray:
+    return np.unpackbits(bits, count=numel, bitorder="little").view(np.bool_)
+
+
+def _count(bits: np.ndarray, numel: int) -> int:
+    return int(np.count_nonzero(_unpack(bits, numel)))
+
+
+def _fill(dest: torch.Tensor, bits: np.ndarray, values: torch.Tensor) -> None:
+    """Write ``values`` at the kept positions of ``dest`` and zero the rest, in place.
+
+    One tensor at a time, so its unpacked mask and indices stay small and reuse memory. numpy
+    does the work on the bits (as integers of the same width, so bfloat16 too): its nonzero over
+    bools is several times faster than torch's, its indexed store beats a boolean
+    ``masked_scatter_`` (whose branches a random mask defeats), and it runs no parallel region,
+    which on a busy machine costs torch's zero and index ops many times their work.
+    """
+    kept = np.flatnonzero(_unpack(bits, dest.numel()))
+    direct = dest.device.type == "cpu" and dest.is_contiguous()
+    flat = dest.view(-1) if direct else torch.empty(dest.numel(), dtype=dest.dtype)
+    as_int = _SAME_WIDTH.get(flat.element_size())
+    if as_int is None:  # e.g. complex128: no integer that wide
+        flat.zero_()
+        flat.index_copy_(0, torch.from_numpy(kept), values)
+    else:
+        target = flat.view(as_int).numpy()
+        target.fill(0)
+        target[kept] = values.view(as_int).numpy()
+    if not direct:
+        dest.copy_(flat.view(dest.shape))
+
+
+def _check_size(folder: Path, name: str, want: Any) -> None:
     path = folder / name
     try:
         size = path.stat().st_size
     except OSError as e:
         raise FileFormatError(f"cannot read {str(path)!r}: {e.strerror}") from e
-    if not isinstance(want, dict) or size != want.get("size") or sha256(path) != want.get("sha256"):
+    if not isinstance(want, dict) or size != want.get("size"):
         raise FileFormatError(
             f"{str(path)!r} does not match its size and SHA-256 in {SPARSE_CONFIG}"
         )
 
 
-def _read_mask(folder: Path, record: dict[str, Any], shapes: dict[str, tuple]) -> Mask:
-    path = folder / MASK_FILE
-    found, _ = mask_file.read_shapes(path)
-    expected = {name: shapes[key] for name, key in record["tensors"].items()}
-    check_layout(expected, found, what=SPARSE_CONFIG, where=str(path), error=FileFormatError)
-    return Mask.load(path)
+def _check_digests(folder: Path, record: dict[str, Any], digests: dict[str, Future]) -> None:
+    for name, digest in digests.items():
+        try:
+            found = digest.result()
+        except OSError as e:
+            raise FileFormatError(f"cannot read {str(folder / name)!r}: {e.strerror}") from e
+        if found != record["files"][name].get("sha256"):
+            raise FileFormatError(
+                f"{str(folder / name)!r} does not match its size and SHA-256 in {SPARSE_CONFIG}"
+            )
 
 
 def _rebuild(folder: Path, record: dict[str, Any]) -> nn.Module:
