@@ -497,3 +497,31 @@ def test_structured_and_nm_tickets_record_their_kind(tmp_path):
         vlticket.Ticket(search.mask, pattern="1:4")
     with pytest.raises(ArgumentError, match="`granularity`: expected one of"):
         vlticket.Ticket(search.mask, granularity="block")
+
+
+def test_structured_search_on_the_original_uniter_takes_num_heads(tmp_path):
+    """The original UNITER code keeps no head count: the search takes it, records it, resumes."""
+    from original_models import UniterModel
+
+    from vlticket.core.structured import unit_state as states
+
+    torch.manual_seed(0)
+    model = UniterModel(h=16, i=32)
+    with pytest.raises(ArgumentError, match="num_heads"):
+        TicketSearch(model, sparsity=0.5, granularity="head", progress=False)
+    with pytest.raises(ArgumentError, match="`num_heads`: expected an int >= 1 with a structured"):
+        TicketSearch(model, sparsity=0.5, num_heads=4, progress=False)
+    search = TicketSearch(
+        model, sparsity=0.5, amount=0.5, granularity="head", num_heads=4, run_dir=tmp_path / "r"
+    )
+    for rnd in search:
+        rnd.report(loss=0.0)
+    sites = blocks_for(model, kind="head", num_heads=4)
+    pruned = sum(
+        int((v == 0).sum()) for v in states([s.block for s in sites], search.mask).values()
+    )
+    assert pruned == round(0.5 * sum(s.block.count for s in sites))
+    with pytest.raises(ArgumentError, match="num_heads"):  # a resume with another head count
+        TicketSearch(
+            model, sparsity=0.5, amount=0.5, granularity="head", num_heads=2, run_dir=tmp_path / "r"
+        )

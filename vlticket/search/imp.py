@@ -190,6 +190,9 @@ class TicketSearch:
             neurons are. The history's ``"units"`` gives the fraction of each kind removed.
         min_per_layer: with a structured ``granularity``, units each attention block / FFN
             keeps at least (default 1: never the last head of a layer).
+        num_heads: with a structured ``granularity``, heads per attention block where the
+            model does not say it (the original UNITER / LXMERT code), as
+            :func:`~vlticket.prune_structured` takes it.
         pattern: ``"N:M"``: N:M semi-structured rounds. Each round prunes ``amount`` of the
             weights each group of M still keeps (at least one) until N are left, e.g. 2:4 with
             ``amount=0.1`` goes 4:4 (dense) → 3:4 → 2:4; ``one_shot=True`` goes straight to
@@ -248,6 +251,7 @@ class TicketSearch:
         scope: str = "global",
         granularity: str = "weight",
         min_per_layer: int | None = None,
+        num_heads: int | None = None,
         pattern: str | None = None,
         early_bird: EarlyBird | bool | None = None,
         early_bird_every: int | None = None,
@@ -266,6 +270,16 @@ class TicketSearch:
             if not isinstance(value, bool):  # "no" is truthy: it would mean yes
                 raise ArgumentError(f"`{name}`: expected True or False, found {value!r}")
         check_kind(granularity, min_per_layer, pattern, sparsity, scope)
+        if num_heads is not None and (
+            granularity == "weight"
+            or isinstance(num_heads, bool)
+            or not isinstance(num_heads, int)
+            or num_heads < 1
+        ):
+            raise ArgumentError(
+                "`num_heads`: expected an int >= 1 with a structured granularity, found "
+                f"{num_heads!r} with granularity={granularity!r}"
+            )
         self._early_bird = early.settings(early_bird, early_bird_every)
         self.model = model
         self.adapter = auto_adapter(model, adapter)  # resolved once: every round names alike
@@ -289,6 +303,7 @@ class TicketSearch:
                 one_shot,
                 scope,
                 min_per_layer,
+                num_heads,
             )
         self.args = {  # the kind of round first: a resume with another kind says so first
             "granularity": granularity,
@@ -299,6 +314,7 @@ class TicketSearch:
             "one_shot": one_shot,
             "scope": scope,
             "min_per_layer": min_per_layer,
+            "num_heads": num_heads,
             "early_bird": self._early_bird,
         }
         self.schedule = self._pruner.schedule

@@ -175,6 +175,7 @@ class StructuredPruner:
         one_shot,
         scope,
         min_per_layer: int,
+        num_heads: int | None = None,
     ) -> None:
         if scope not in UNIT_SCOPES:
             raise ArgumentError(
@@ -189,8 +190,11 @@ class StructuredPruner:
             )
         self.kinds = tuple(granularity.split("+"))
         self.adapter, self.scope, self.record = adapter, scope, ones.adapter
-        self.sparsity, self.min_per_layer = sparsity, min_per_layer
-        self.blocks = {k: [s.block for s in blocks_for(model, adapter, kind=k)] for k in self.kinds}
+        self.sparsity, self.min_per_layer, self.num_heads = sparsity, min_per_layer, num_heads
+        self.blocks = {
+            k: [s.block for s in blocks_for(model, adapter, kind=k, num_heads=num_heads)]
+            for k in self.kinds
+        }
         self.totals = {k: sum(b.count for b in blocks) for k, blocks in self.blocks.items()}
         plans = {
             k: prune_schedule(total, sparsity, amount, one_shot) for k, total in self.totals.items()
@@ -212,6 +216,7 @@ class StructuredPruner:
                 scope=scope,
                 min_per_layer=min_per_layer,
                 adapter=adapter,
+                num_heads=num_heads,
             )
 
     def prune(self, model: nn.Module, mask: Mask, index: int) -> Mask:
@@ -228,6 +233,7 @@ class StructuredPruner:
                 min_per_layer=self.min_per_layer,
                 mask=out,
                 adapter=self.adapter,
+                num_heads=self.num_heads,
             )
         return Mask(dict(out), adapter=self.record)
 

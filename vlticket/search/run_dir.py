@@ -30,6 +30,7 @@ _DEFAULTS = {
     "scope": "global",
     "granularity": "weight",
     "min_per_layer": None,
+    "num_heads": None,
     "pattern": None,
     "early_bird": None,
 }
@@ -76,6 +77,7 @@ _ARG_CHECKS = {
     "scope": (lambda v: isinstance(v, str), "a string"),
     "granularity": (lambda v: isinstance(v, str), "a string"),
     "min_per_layer": (lambda v: v is None or _is_int(v), "null or an int"),
+    "num_heads": (lambda v: v is None or _is_int(v), "null or an int"),
     "pattern": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "early_bird": (
         lambda v: (
