@@ -114,7 +114,7 @@ def test_vit_heads_and_neurons_prune_and_shrink_exactly():
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         dense = model(pixel_values=pixels).logits
-        vlticket.shrink(model, mask, adapter=VIT)
+        vlticket.shrink(model, mask, adapter=VIT, align=1)  # every pruned neuron goes
         small = model(pixel_values=pixels).logits
     assert torch.allclose(dense, small, atol=1e-5)
     assert model.vit.layers[0].attention.num_attention_heads == 2
