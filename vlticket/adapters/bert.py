@@ -51,15 +51,19 @@ _BERT_NAME = re.compile(
     r"(?:module\.)?(?:bert\.|distilbert\.)?(?:(?:encoder|transformer)\.layer\.(?P<n>\d+)\."
     r"(?P<layer>.+)|embeddings\.(?P<emb>(?:word|position|token_type)_embeddings\.weight))"
 )
-# DistilBERT's names for BERT's six matrices (its layers are BERT layers under other names).
-_DISTILBERT = {
-    "attention.q_lin.weight": "attention.self.query.weight",
-    "attention.k_lin.weight": "attention.self.key.weight",
-    "attention.v_lin.weight": "attention.self.value.weight",
-    "attention.out_lin.weight": "attention.output.dense.weight",
-    "ffn.lin1.weight": "intermediate.dense.weight",
-    "ffn.lin2.weight": "output.dense.weight",
+# DistilBERT's modules inside a layer, under BERT's names (its layers are BERT layers under
+# other names); used for weights here and for weights and biases by `init_language_stream`.
+DISTILBERT_MODULES = {
+    "attention.q_lin": "attention.self.query",
+    "attention.k_lin": "attention.self.key",
+    "attention.v_lin": "attention.self.value",
+    "attention.out_lin": "attention.output.dense",
+    "sa_layer_norm": "attention.output.LayerNorm",
+    "ffn.lin1": "intermediate.dense",
+    "ffn.lin2": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
 }
+_DISTILBERT = {f"{k}.weight": f"{v}.weight" for k, v in DISTILBERT_MODULES.items()}
 
 
 class BertWeights(dict):

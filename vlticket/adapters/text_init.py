@@ -24,7 +24,7 @@ from .._naming import preview, unwrap
 from ..errors import ArgumentError, NameMismatchError, ShapeMismatchError
 from ..registry import AdapterLike, registered, resolve
 from .base import Adapter, TextLayers
-from .bert import spans
+from .bert import DISTILBERT_MODULES, spans
 from .detect import adapter_for
 
 logger = logging.getLogger(__name__)
@@ -34,17 +34,6 @@ _TEXT_NAME = re.compile(
     r"(?:(?:encoder|transformer)\.layer\.(?P<n>\d+)\.(?P<inner>.+)"
     r"|embeddings\.(?P<emb>.+)|pooler\.(?P<pool>.+))"
 )
-# DistilBERT's modules inside a layer, under BERT's names (weights and biases alike).
-_DISTILBERT = {
-    "attention.q_lin": "attention.self.query",
-    "attention.k_lin": "attention.self.key",
-    "attention.v_lin": "attention.self.value",
-    "attention.out_lin": "attention.output.dense",
-    "sa_layer_norm": "attention.output.LayerNorm",
-    "ffn.lin1": "intermediate.dense",
-    "ffn.lin2": "output.dense",
-    "output_layer_norm": "output.LayerNorm",
-}
 _EMBEDDINGS = (
     "word_embeddings.weight",
     "position_embeddings.weight",
@@ -341,7 +330,7 @@ def _target(name, tensor, text: TextLayers, layer_map, layers, vl_layers):
         return bert, text.pooler + m["pool"], None
     n = int(m["n"])
     module, _, kind = m["inner"].rpartition(".")
-    module = _DISTILBERT.get(module, module)
+    module = DISTILBERT_MODULES.get(module, module)
     bert = f"encoder.layer.{n}.{module}.{kind}"
     if n not in layer_map:
         why = (
