@@ -23,10 +23,9 @@ from ..core.selection import check_scope
 from ..core.structured import SCOPES as UNIT_SCOPES
 from ..core.structured import unit_state
 from ..errors import ArgumentError
+from ..hub.config import GRANULARITIES  # what a ticket config may record
 from ..registry import Naming
 from ..structured import prune_structured
-
-GRANULARITIES = ("weight", "head", "neuron", "head+neuron")
 
 
 def prune_schedule(numel: int, sparsity: float, amount: float, one_shot: bool = False) -> list[int]:
