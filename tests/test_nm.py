@@ -108,6 +108,22 @@ def test_pattern_with_sparsity_is_refused():
         vlticket.prune_magnitude({"w": torch.ones(2, 4)}, pattern="2:4", sparsity=0.5)
 
 
+@pytest.mark.parametrize("prior", [False, True])
+def test_chunks_match_reference(monkeypatch, prior):
+    """Groups split over several chunks (ties and a NaN check in later ones) match one pass."""
+    from vlticket.core import nm
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randint(-2, 3, (7, 12), generator=g).float()  # many ties, in every chunk
+    keep = torch.rand(w.shape, generator=g) > 0.3 if prior else torch.ones(w.shape, dtype=bool)
+    monkeypatch.setattr(nm, "_CHUNK_GROUPS", 4)
+    got = nm.keep_nm(w, keep if prior else None, "2:4")
+    assert torch.equal(got, _expected(w, keep, 2, 4))
+    w[-1, -1] = float("inf")  # in the last chunk only
+    with pytest.raises(ArgumentError, match="NaN or infinite"):
+        nm.keep_nm(w, None, "2:4")
+
+
 def test_nonfinite_refused():
     with pytest.raises(ArgumentError, match="NaN"):
         vlticket.prune_magnitude({"w": torch.tensor([[1.0, float("nan"), 0, 0]])}, pattern="2:4")
@@ -116,7 +132,7 @@ def test_nonfinite_refused():
 @pytest.mark.parametrize("pattern", ["1:2", "3:16", "7:12", "5:8", "1:3"])
 @pytest.mark.parametrize("largest", [False, True])
 def test_wide_groups_match_reference(pattern, largest):
-    """Other widths than the packed 2, 4 and 8 take the plain path; both match the reference."""
+    """Any group width, pruning the smallest or the largest, matches the reference."""
     n, m = map(int, pattern.split(":"))
     g = torch.Generator().manual_seed(m)
     w = torch.randn(6, 4 * m, generator=g)
