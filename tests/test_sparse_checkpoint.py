@@ -52,6 +52,25 @@ def test_transformers_round_trip_is_bit_exact(tmp_path, dtype):
     assert torch.equal(model(ids).last_hidden_state, loaded(ids).last_hidden_state)
 
 
+def test_state_dict_feeds_from_pretrained(tmp_path):
+    """Route 3: the checked dense state dict, handed to transformers' own loader."""
+    model = _bert()
+    mask = vlticket.prune_magnitude(model, sparsity=0.7)
+    vlticket.save_sparse(model, mask, tmp_path)
+    state = vlticket.load_sparse_state_dict(tmp_path)
+    config = transformers.BertConfig.from_pretrained(tmp_path)
+    loaded = transformers.BertModel.from_pretrained(None, config=config, state_dict=state)
+    mask.apply(model)
+    assert _same(model, loaded)
+    half = transformers.BertModel.from_pretrained(
+        None, config=config, state_dict=state, dtype=torch.bfloat16
+    )
+    assert half.encoder.layer[0].output.dense.weight.dtype == torch.bfloat16
+    (tmp_path / "sparse.safetensors").write_bytes(b"\0" * 64)  # same checks as load_sparse
+    with pytest.raises(FileFormatError, match="size and SHA-256"):
+        vlticket.load_sparse_state_dict(tmp_path)
+
+
 def test_fills_a_given_model_in_place(tmp_path, tiny_net):
     mask = vlticket.prune_magnitude(tiny_net, sparsity=0.6)
     vlticket.save_sparse(tiny_net, mask, tmp_path)
@@ -156,8 +175,11 @@ def test_push_and_pull_through_the_hub(hub, tmp_path):  # noqa: F811
     assert url.startswith(f"{hub.url}/alice/tiny-sparse/commit/")
     assert set(hub.files("alice/tiny-sparse")) >= set(sparse.SPARSE_FILES)
     loaded = vlticket.load_sparse("alice/tiny-sparse")
+    state = vlticket.load_sparse_state_dict("alice/tiny-sparse")
     mask.apply(model)
     assert _same(model, loaded)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], t) for k, t in model.state_dict().items())
 
 
 @settings(max_examples=40, deadline=None)

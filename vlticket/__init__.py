@@ -42,7 +42,7 @@ from .errors import (
     VlticketError,
 )
 from .export import export
-from .hub import Ticket, load_sparse, push_sparse, save_sparse
+from .hub import Ticket, load_sparse, load_sparse_state_dict, push_sparse, save_sparse
 from .registry import register_adapter
 from .search import RelaxedTicket, Round, TicketSearch, relaxed_ticket
 from .shrink import load_shrunk, shrink
@@ -79,6 +79,7 @@ __all__ = [
     "iou_matrix",
     "load_shrunk",
     "load_sparse",
+    "load_sparse_state_dict",
     "mask_distance",
     "prune_by_score",
     "prune_magnitude",

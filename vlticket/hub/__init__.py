@@ -14,7 +14,7 @@ from .config import (
     TicketConfig,
     file_record,
 )
-from .sparse import load_sparse, push_sparse, read_sparse, save_sparse
+from .sparse import load_sparse, load_sparse_state_dict, push_sparse, save_sparse
 from .ticket import Ticket, download_ticket, push_folder
 
 __all__ = [
@@ -28,8 +28,8 @@ __all__ = [
     "download_ticket",
     "file_record",
     "load_sparse",
+    "load_sparse_state_dict",
     "push_folder",
     "push_sparse",
-    "read_sparse",
     "save_sparse",
 ]

@@ -120,7 +120,7 @@ def load_sparse(
     """
     folder = remote.local_or_download(repo_id_or_dir, list(SPARSE_FILES), **download)
     if model is None:
-        state, record = read_sparse(folder)
+        state, record = _read_sparse(folder)
         model = _rebuild(folder, record)
         model.load_state_dict(state, assign=True)  # keeps each tensor's saved dtype
         model.tie_weights()
@@ -170,7 +170,31 @@ def push_sparse(
         )
 
 
-def read_sparse(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_sparse_state_dict(
+    repo_id_or_dir: str | os.PathLike, **download: Any
+) -> dict[str, torch.Tensor]:
+    """The dense, masked ``state_dict`` of a sparse folder (or Hub repo), checked as in
+    :func:`load_sparse`; for loaders that take a state dict, such as transformers'
+    ``from_pretrained(None, config=..., state_dict=...)`` with its ``dtype`` and
+    ``device_map``.
+
+    Args:
+        repo_id_or_dir: a folder written by :func:`save_sparse`, or a Hub repo id.
+        **download: ``revision``, ``cache_dir``, ``token``... as in
+            ``huggingface_hub.snapshot_download``.
+
+    Example:
+        >>> state = vlticket.load_sparse_state_dict("tiny-sparse")  # doctest: +SKIP
+        >>> config = transformers.BertConfig.from_pretrained("tiny-sparse")  # doctest: +SKIP
+        >>> model = transformers.BertModel.from_pretrained(
+        ...     None, config=config, state_dict=state
+        ... )  # doctest: +SKIP
+    """
+    folder = remote.local_or_download(repo_id_or_dir, list(SPARSE_FILES), **download)
+    return _read_sparse(folder)[0]
+
+
+def _read_sparse(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The dense, masked ``state_dict`` of a sparse folder and its checked record."""
     checked = _read_checked(Path(folder))
     state = {}
@@ -387,4 +411,4 @@ def _rebuild(folder: Path, record: dict[str, Any]) -> nn.Module:
     return cls(config).eval()
 
 
-__all__ = ["SPARSE_FILES", "load_sparse", "push_sparse", "read_sparse", "save_sparse"]
+__all__ = ["SPARSE_FILES", "load_sparse", "load_sparse_state_dict", "push_sparse", "save_sparse"]
