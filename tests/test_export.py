@@ -111,6 +111,25 @@ def test_bad_input_leaves_the_model_unchanged(tiny_net):
     assert all(type(m) is not SparseLinear for m in tiny_net.modules())
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_csr_on_cpu_is_refused_up_front(dtype):
+    """torch has no half-precision CSR kernel on CPU: refused at export, not at the forward."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)).to(dtype)
+    keep = {"0.weight": 0.5, "1.weight": 0.95}
+    mask = vlticket.Mask(
+        {
+            n: vlticket.prune_magnitude({"w": p}, sparsity=keep[n])["w"]
+            for n, p in _linears(model).items()
+        }
+    )
+    before = _state(model)
+    with pytest.raises(ArgumentError, match=f"'1.weight' is {dtype} on the CPU"):
+        vlticket.export(model, mask)
+    assert _unchanged(model, before) and type(model[1]) is nn.Linear
+    vlticket.export(model, mask, min_sparsity=0.96)  # both stay dense, masked: allowed
+    assert not model[1].weight[~mask["1.weight"]].any()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_two_four_without_cuda_is_refused(tiny_net):
     before = _state(tiny_net)

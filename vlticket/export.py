@@ -29,6 +29,9 @@ from .errors import ArgumentError
 # layout): below it, a layer stays dense.
 CSR_MIN_SPARSITY = 0.9
 FORMATS = ("csr", "2:4")
+# torch's CPU CSR x dense kernel (MKL) has no float16 / bfloat16 version: such a layer would
+# export fine and fail at its first forward, so export refuses it up front.
+_CPU_CSR_DTYPES = (torch.float32, torch.float64)
 
 
 class _InferenceOnly(nn.Module):
@@ -120,8 +123,9 @@ def export(
     Args:
         model: the model (modified in place and returned).
         mask: the ticket's mask, by parameter names or ``adapter``'s names.
-        to: ``"csr"`` (CPU or GPU, ``torch.sparse_csr``) or ``"2:4"`` (CUDA; the mask must
-            satisfy the 2:4 pattern, see ``prune_magnitude(..., pattern="2:4")``).
+        to: ``"csr"`` (``torch.sparse_csr``; on a CPU float32 or float64 only, torch having
+            no half-precision CSR kernel there) or ``"2:4"`` (CUDA; the mask must satisfy the
+            2:4 pattern, see ``prune_magnitude(..., pattern="2:4")``).
         min_sparsity: with ``"csr"``, layers pruned less than this stay dense (their pruned
             weights zeroed); default :data:`CSR_MIN_SPARSITY`, the measured CPU crossover.
         adapter: match the mask's canonical names through this adapter.
@@ -154,9 +158,11 @@ def export(
                 "only; leave other tensors out of the mask (they stay dense)"
             )
         layers[name] = owner
+    sparsity = mask.tensor_sparsity()
     if to == "2:4":
         _check_semi_structured(mask, found)
-    sparsity = mask.tensor_sparsity()
+    else:
+        _check_csr_dtypes({n: found[n] for n in mask if sparsity[n] >= min_sparsity})
     for name, (parent, attr) in layers.items():
         linear, keep = getattr(parent, attr), mask[name]
         if to == "2:4":
@@ -177,6 +183,16 @@ def _linear_owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
             if isinstance(child, nn.Linear):
                 out[id(child.weight)] = (parent, attr)
     return out
+
+
+def _check_csr_dtypes(swapped: dict[str, torch.Tensor]) -> None:
+    for name, weight in swapped.items():
+        if weight.device.type == "cpu" and weight.dtype not in _CPU_CSR_DTYPES:
+            raise ArgumentError(
+                f"tensor {name!r} is {weight.dtype} on the CPU, where torch's CSR kernels take "
+                "float32 or float64 only: export a float32 copy (`model.float()`), or keep "
+                "such layers dense with a higher `min_sparsity`"
+            )
 
 
 def _check_semi_structured(mask: Mask, found: dict[str, torch.Tensor]) -> None:
