@@ -1,6 +1,7 @@
 """Export for inference: CSR Linear layers equal the masked dense model; 2:4 needs CUDA."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -128,6 +129,33 @@ def test_half_precision_csr_on_cpu_is_refused_up_front(dtype):
     assert _unchanged(model, before) and type(model[1]) is nn.Linear
     vlticket.export(model, mask, min_sparsity=0.96)  # both stay dense, masked: allowed
     assert not model[1].weight[~mask["1.weight"]].any()
+
+
+def test_a_failing_conversion_leaves_the_model_unchanged(monkeypatch):
+    """Modules are built before any is swapped in: the third layer's failure changes nothing."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    mask = vlticket.Mask(
+        {
+            n: vlticket.prune_magnitude({"w": p}, sparsity=0.95)["w"]
+            for n, p in _linears(model).items()
+        }
+    )
+    mask = vlticket.Mask({**mask, "3.weight": torch.ones(8, 8, dtype=torch.bool)})  # stays dense
+    built = []
+
+    class Failing(SparseLinear):
+        def __init__(self, linear, keep):
+            if len(built) == 2:
+                raise RuntimeError("out of memory")
+            built.append(linear)
+            super().__init__(linear, keep)
+
+    monkeypatch.setattr(sys.modules["vlticket.export"], "SparseLinear", Failing)
+    before = _state(model)
+    with pytest.raises(ArgumentError, match=r"'2.weight' \(shape \[8, 8\], torch.float32\)"):
+        vlticket.export(model, mask)
+    assert len(built) == 2 and all(type(m) is nn.Linear for m in model)
+    assert _unchanged(model, before)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

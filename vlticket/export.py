@@ -163,15 +163,27 @@ def export(
         _check_semi_structured(mask, found)
     else:
         _check_csr_dtypes({n: found[n] for n in mask if sparsity[n] >= min_sparsity})
+    # Every sparse module is built before the first one is swapped in: a conversion that fails
+    # (a shape torch's 2:4 kernels do not take, memory) leaves the model as it was.
+    sparse_class = SemiStructuredLinear if to == "2:4" else SparseLinear
+    swaps, dense = {}, []
     for name, (parent, attr) in layers.items():
         linear, keep = getattr(parent, attr), mask[name]
-        if to == "2:4":
-            setattr(parent, attr, SemiStructuredLinear(linear, keep))
-        elif sparsity[name] >= min_sparsity:
-            setattr(parent, attr, SparseLinear(linear, keep))
+        if to == "2:4" or sparsity[name] >= min_sparsity:
+            try:
+                swaps[(parent, attr)] = sparse_class(linear, keep)
+            except (RuntimeError, MemoryError) as e:
+                raise ArgumentError(
+                    f"tensor {name!r} (shape {list(linear.weight.shape)}, "
+                    f"{linear.weight.dtype}) cannot become {sparse_class.__name__}: {e}"
+                ) from e
         else:
-            with torch.no_grad():
-                linear.weight.masked_fill_(~keep.to(linear.weight.device), 0)
+            dense.append((linear.weight, keep))
+    for (parent, attr), module in swaps.items():
+        setattr(parent, attr, module)
+    with torch.no_grad():
+        for weight, keep in dense:
+            weight.masked_fill_(~keep.to(weight.device), 0)
     return model
 
 
