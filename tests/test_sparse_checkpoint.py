@@ -127,6 +127,37 @@ def test_a_mask_for_another_model_writes_nothing(tmp_path, tiny_net):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_save_replaces_the_folder_whole_or_not_at_all(tmp_path, tiny_net, monkeypatch):
+    """Re-saving swaps the folder in whole; a save that fails part-way leaves the old
+    checkpoint loadable and nothing behind; a folder of other files is refused."""
+    folder = tmp_path / "ckpt"
+    old_mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    vlticket.save_sparse(tiny_net, old_mask, folder)
+    old_bytes = {p.name: p.read_bytes() for p in folder.iterdir()}
+    new_mask = vlticket.prune_magnitude(tiny_net, sparsity=0.8)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vlticket._files, "save_safetensors", disk_full)
+    with pytest.raises(OSError, match="left as it was"):
+        vlticket.save_sparse(tiny_net, new_mask, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == old_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging folder left
+    monkeypatch.undo()
+
+    vlticket.save_sparse(tiny_net, new_mask, folder)  # a sparse folder is replaced
+    loaded = vlticket.load_sparse(folder, type(tiny_net)())
+    assert loaded.state_dict()["fc1.weight"].count_nonzero() == new_mask["fc1.weight"].sum()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(vlticket.ArgumentError, match=r"`folder`: .* neither empty nor a sparse"):
+        vlticket.save_sparse(tiny_net, new_mask, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_wrong_model_on_load_is_untouched(tmp_path, tiny_net):
     vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), tmp_path)
     other = torch.nn.Linear(8, 16)

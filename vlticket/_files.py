@@ -14,14 +14,14 @@ import stat
 import struct
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
-from .errors import FileFormatError
+from .errors import ArgumentError, FileFormatError
 
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 MAX_DIMS = 64  # more dimensions than any tensor torch can hold: a hostile header
@@ -140,6 +140,31 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     finally:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_replaceable(
+    folder: Path, *, marker: str, files: Iterable[str], param: str, kind: str
+) -> None:
+    """Refuse to replace anything but a missing or empty folder or a folder of ``kind``.
+
+    Such a folder holds ``marker`` and nothing but ``files`` (and the ``.cache`` folder
+    huggingface_hub leaves in a downloaded folder), so a save that swaps the folder whole (see
+    :func:`staged_folder`) never deletes a file of the user's.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise ArgumentError(f"{param}: {str(folder)!r} exists and is not a folder")
+    names = set(os.listdir(folder))
+    if not names:
+        return
+    others = sorted(names - set(files) - {".cache", ".gitattributes"})
+    if marker not in names or others:
+        found = f"other files: {others[:5]}" if others else f"no {marker}"
+        raise ArgumentError(
+            f"{param}: {str(folder)!r} is neither empty nor {kind} ({found}); "
+            "choose a new or empty folder, as saving replaces the folder whole"
+        )
 
 
 def _swap_in(stage: Path, folder: Path) -> None:

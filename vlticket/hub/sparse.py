@@ -56,7 +56,8 @@ def save_sparse(
     Args:
         model: the model; its pruned weights need not be zero (the mask decides).
         mask: the ticket's mask, by the model's parameter names or ``adapter``'s names.
-        folder: where to write (created if missing).
+        folder: where to write: a new or empty folder, or a sparse folder to replace (it is
+            swapped whole; any other folder is refused, so no file of yours is deleted).
         adapter: match the mask's canonical names through this adapter.
 
     Example:
@@ -73,9 +74,25 @@ def save_sparse(
         name = keys.get(key)
         tensors[key] = _kept_values(t, mask[name]) if name else t
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in (SPARSE_CONFIG, MODEL_CONFIG):  # a half-rewritten folder must not validate
-        (folder / stale).unlink(missing_ok=True)
+    _files.check_replaceable(
+        folder, marker=SPARSE_CONFIG, files=SPARSE_FILES, param="`folder`", kind="a sparse folder"
+    )
+    # Written into a staging folder and swapped in whole: a failed or killed save leaves the
+    # previous checkpoint as it was, and a reader never sees a mix of the two.
+    with _files.staged_folder(folder) as stage:
+        _write_files(stage, model, mask, keys, state, tensors)
+    return folder
+
+
+def _write_files(
+    folder: Path,
+    model: nn.Module,
+    mask: Mask,
+    keys: dict[str, str],
+    state: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor],
+) -> None:
+    """Write a sparse folder's files into the empty ``folder``, the record last."""
     mask.save(folder / MASK_FILE)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     _files.save_safetensors(tensors, meta, folder / WEIGHTS_FILE)
@@ -97,7 +114,6 @@ def save_sparse(
     }
     text = json.dumps(record, indent=2, sort_keys=True) + "\n"
     _files.atomic_write_bytes(folder / SPARSE_CONFIG, text.encode())
-    return folder
 
 
 def load_sparse(

@@ -223,26 +223,14 @@ _LOAD_TRIES = 10
 
 
 def check_replaceable(folder: Path) -> None:
-    """Refuse to save over anything but a missing or empty folder or a ticket folder.
-
-    A ticket folder holds ``vlticket_config.json`` and nothing but ticket files (and the
-    ``.cache`` folder huggingface_hub leaves in a downloaded folder), so a save never deletes a
-    file of the user's.
-    """
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if not folder.is_dir():
-        raise ArgumentError(f"`save_directory`: {str(folder)!r} exists and is not a folder")
-    names = set(os.listdir(folder))
-    if not names:
-        return
-    others = sorted(names - set(TICKET_FILES) - {".cache", ".gitattributes"})
-    if CONFIG_FILE not in names or others:
-        found = f"other files: {others[:5]}" if others else f"no {CONFIG_FILE}"
-        raise ArgumentError(
-            f"`save_directory`: {str(folder)!r} is neither empty nor a ticket folder ({found}); "
-            "choose a new or empty folder, as saving replaces the folder whole"
-        )
+    """Refuse to save over anything but a missing or empty folder or a ticket folder."""
+    _files.check_replaceable(
+        folder,
+        marker=CONFIG_FILE,
+        files=TICKET_FILES,
+        param="`save_directory`",
+        kind="a ticket folder",
+    )
 
 
 def load_folder(folder: Path, with_checkpoint: bool) -> Ticket:
