@@ -260,3 +260,94 @@ def test_tied_weights_stay_masked_in_place(tmp_path):
     other = vlticket.load_sparse(tmp_path, Tied())
     mask.apply(model)
     assert torch.equal(other.a.weight, model.a.weight) and other.b.weight is other.a.weight
+
+
+def _masked_lm() -> transformers.BertForMaskedLM:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+    )
+    return transformers.BertForMaskedLM(cfg).eval()
+
+
+def test_tied_embeddings_stay_masked_on_every_route(tmp_path):
+    """BertForMaskedLM's decoder is its word embeddings: both names must load masked, whether
+    the model is rebuilt, filled, or loaded from the state dict (the second name was stored
+    unpruned, and tie_weights / from_pretrained let it win)."""
+    model = _masked_lm()
+    mask = vlticket.prune_magnitude(model, sparsity=0.7, adapter=None)
+    assert "bert.embeddings.word_embeddings.weight" in mask
+    vlticket.save_sparse(model, mask, tmp_path)
+    mask.apply(model)
+    rebuilt = vlticket.load_sparse(tmp_path)
+    filled = vlticket.load_sparse(tmp_path, _masked_lm())
+    state = vlticket.load_sparse_state_dict(tmp_path)
+    assert _same(model, rebuilt) and _same(model, filled)
+    assert all(torch.equal(state[k], t) for k, t in model.state_dict().items())
+    assert rebuilt.cls.predictions.decoder.weight is rebuilt.bert.embeddings.word_embeddings.weight
+
+
+def test_the_masks_recorded_adapter_is_the_default(tmp_path):
+    """prune_magnitude records the family adapter it detected; save_sparse uses it as apply
+    does, instead of failing on the canonical names."""
+    model = _masked_lm()
+    mask = vlticket.prune_magnitude(model, sparsity=0.7)
+    assert mask.adapter is not None
+    vlticket.save_sparse(model, mask, tmp_path)
+    mask.apply(model)
+    assert _same(model, vlticket.load_sparse(tmp_path))
+
+
+def test_a_failed_save_leaves_the_old_checkpoint_loadable(tmp_path, tiny_net, monkeypatch):
+    old = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    vlticket.save_sparse(tiny_net, old, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    # Bad input: a tensor safetensors cannot hold is refused before any file is touched.
+    tiny_net.register_buffer("phase", torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(vlticket.ArgumentError, match="'phase'.*complex64"):
+        vlticket.save_sparse(tiny_net, old, tmp_path)
+    del tiny_net.phase
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+    # The disk fails after the new mask is written: the old folder is whole, no temp files.
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vlticket._files, "save_safetensors", full)
+    with pytest.raises(OSError, match="No space left"):
+        vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.8), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    old.apply(tiny_net)
+    assert _same(tiny_net, vlticket.load_sparse(tmp_path, type(tiny_net)()))
+
+
+def test_meta_models_and_exported_models_are_refused(tmp_path, tiny_net):
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    with torch.device("meta"):
+        ghost = type(tiny_net)()
+    with pytest.raises(vlticket.ArgumentError, match="meta device"):
+        vlticket.save_sparse(ghost, mask, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    vlticket.save_sparse(tiny_net, mask, tmp_path)
+    with pytest.raises(vlticket.ArgumentError, match="meta device"):  # was a silent no-op
+        vlticket.load_sparse(tmp_path, ghost)
+    linears = vlticket.Mask({"fc2.weight": mask["fc2.weight"]})
+    exported = vlticket.export(type(tiny_net)(), linears, min_sparsity=0.0)
+    with pytest.raises(vlticket.ArgumentError, match="'fc2.weight'.*sparse_csr"):
+        vlticket.save_sparse(exported, vlticket.Mask({"fc1.weight": mask["fc1.weight"]}), tmp_path)
+
+
+def test_data_parallel_models_use_the_inner_names(tmp_path, tiny_net):
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    vlticket.save_sparse(torch.nn.DataParallel(tiny_net), mask, tmp_path)
+    record = json.loads((tmp_path / sparse.SPARSE_CONFIG).read_text())
+    assert set(record["shapes"]) == set(tiny_net.state_dict())
+    wrapped = torch.nn.DataParallel(type(tiny_net)())
+    vlticket.load_sparse(tmp_path, wrapped)
+    mask.apply(tiny_net)
+    assert _same(tiny_net, wrapped.module)

@@ -286,6 +286,7 @@ _TORCH_DTYPES = {
     torch.float32: "F32",
     torch.float64: "F64",
 }
+SAFETENSORS_DTYPES = frozenset(_TORCH_DTYPES)  # what save_safetensors writes
 
 
 _CODE_DTYPES = {code: dtype for dtype, code in _TORCH_DTYPES.items()} | {

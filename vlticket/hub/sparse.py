@@ -28,7 +28,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .. import _files
-from .._naming import AdapterArg, check_layout, named_tensors
+from .._naming import AUTO, AdapterArg, check_layout, named_tensors, unwrap
 from ..core import Mask, mask_file
 from ..errors import ArgumentError, FileFormatError, ShapeMismatchError
 from . import remote
@@ -45,7 +45,7 @@ _SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def save_sparse(
-    model: nn.Module, mask: Mask, folder: str | os.PathLike, *, adapter: AdapterArg = None
+    model: nn.Module, mask: Mask, folder: str | os.PathLike, *, adapter: AdapterArg = AUTO
 ) -> Path:
     """Write ``model`` pruned by ``mask`` as a sparse folder; returns the folder.
 
@@ -58,7 +58,8 @@ def save_sparse(
         mask: the ticket's mask, by the model's parameter names or ``adapter``'s names.
         folder: where to write: a new or empty folder, or a sparse folder to replace (it is
             swapped whole; any other folder is refused, so no file of yours is deleted).
-        adapter: match the mask's canonical names through this adapter.
+        adapter: match the mask's canonical names through this adapter; by default the one
+            the mask recorded (``None``: parameter names).
 
     Example:
         >>> model = torch.nn.Linear(8, 8)
@@ -67,12 +68,27 @@ def save_sparse(
     """
     if not isinstance(mask, Mask):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
-    keys = _state_keys(model, mask, adapter)
-    state = {k: t.detach().to("cpu") for k, t in model.state_dict().items()}
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    model = unwrap(model)  # keyed by the inner model's names, as masks are
+    keys = _state_keys(model, mask, mask.naming(model, adapter))
+    live = model.state_dict(keep_vars=True)
+    _check_savable(live)
+    state = {k: t.detach().to("cpu") for k, t in live.items()}
+    masked = {id(live[key]): name for key, name in keys.items()}
     tensors = {}
     for key, t in state.items():
-        name = keys.get(key)
-        tensors[key] = _kept_values(t, mask[name]) if name else t
+        name = masked.get(id(live[key]))
+        if key in keys:
+            tensors[key] = _kept_values(t, mask[name])
+        elif name is not None:  # another name of a masked tensor (tied weights): masked too
+            tensors[key] = t.masked_fill(~mask[name].to("cpu"), 0)
+        else:
+            tensors[key] = t
+    model_config = getattr(model, "config", None)
+    config_json = None
+    if hasattr(model_config, "to_json_string"):
+        config_json = model_config.to_json_string().encode()
     folder = Path(folder)
     _files.check_replaceable(
         folder, marker=SPARSE_CONFIG, files=SPARSE_FILES, param="`folder`", kind="a sparse folder"
@@ -80,7 +96,7 @@ def save_sparse(
     # Written into a staging folder and swapped in whole: a failed or killed save leaves the
     # previous checkpoint as it was, and a reader never sees a mix of the two.
     with _files.staged_folder(folder) as stage:
-        _write_files(stage, model, mask, keys, state, tensors)
+        _write_files(stage, model, mask, keys, state, tensors, config_json)
     return folder
 
 
@@ -91,15 +107,15 @@ def _write_files(
     keys: dict[str, str],
     state: dict[str, torch.Tensor],
     tensors: dict[str, torch.Tensor],
+    config_json: bytes | None,
 ) -> None:
     """Write a sparse folder's files into the empty ``folder``, the record last."""
     mask.save(folder / MASK_FILE)
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     _files.save_safetensors(tensors, meta, folder / WEIGHTS_FILE)
     files = [MASK_FILE, WEIGHTS_FILE]
-    model_config = getattr(model, "config", None)
-    if hasattr(model_config, "to_json_string"):
-        _files.atomic_write_bytes(folder / MODEL_CONFIG, model_config.to_json_string().encode())
+    if config_json is not None:
+        _files.atomic_write_bytes(folder / MODEL_CONFIG, config_json)
         files.append(MODEL_CONFIG)
     with ThreadPoolExecutor(len(files)) as pool:  # hashlib releases the GIL
         records = {f: pool.submit(file_record, folder / f) for f in files}
@@ -143,8 +159,16 @@ def load_sparse(
         return model
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    model = unwrap(model)  # the folder holds the inner model's names
     checked = _read_checked(Path(folder))
     current = model.state_dict()
+    for key, t in current.items():
+        if t.device.type == "meta":  # load_state_dict would skip it and leave no values
+            raise ArgumentError(
+                f"`model`: tensor {key!r} is on the meta device, with no storage to fill; "
+                "build the model on a real device (`model.to_empty(device='cpu')`), or load "
+                "`load_sparse_state_dict(...)` with `model.load_state_dict(state, assign=True)`"
+            )
     check_layout(
         checked.shapes, current, what=f"the sparse folder {str(folder)!r}", where="`model`"
     )
@@ -168,7 +192,7 @@ def push_sparse(
     mask: Mask,
     repo_id: str,
     *,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
     commit_message: str = "Upload vlticket sparse checkpoint",
     private: bool | None = None,
     token: str | None = None,
@@ -224,6 +248,25 @@ def _read_sparse(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def _check_savable(live: dict[str, torch.Tensor]) -> None:
+    """Refuse, before any file is touched, a tensor a safetensors file cannot hold."""
+    for key, t in live.items():
+        if t.device.type == "meta":
+            raise ArgumentError(
+                f"`model`: tensor {key!r} is on the meta device and has no values to save"
+            )
+        if t.layout != torch.strided:
+            raise ArgumentError(
+                f"`model`: tensor {key!r} is {t.layout} (an exported model?); save the dense "
+                "model and its mask, and export after loading"
+            )
+        if t.dtype not in _files.SAFETENSORS_DTYPES:
+            held = sorted(str(d).removeprefix("torch.") for d in _files.SAFETENSORS_DTYPES)
+            raise ArgumentError(
+                f"`model`: tensor {key!r} is {t.dtype}; a sparse checkpoint holds {held}"
+            )
+
+
 def _kept_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The kept entries of ``t`` in row-major order (numpy's nonzero: torch's is slower)."""
     kept = torch.from_numpy(np.flatnonzero(keep.to("cpu").numpy()))
@@ -232,11 +275,11 @@ def _kept_values(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 def _state_keys(model: nn.Module, mask: Mask, adapter: AdapterArg) -> dict[str, str]:
     """state_dict key -> mask name, for every masked tensor, checked against the model."""
-    if not isinstance(model, nn.Module):
-        raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
     found = named_tensors(model, adapter=adapter, param="model")
     check_layout(mask.shapes(), found, what="the mask", where="`model`", exact=False)
-    by_id = {id(t): k for k, t in model.state_dict(keep_vars=True).items()}
+    by_id = {}  # a tied tensor is saved sparse under its first name, as named_parameters has it
+    for k, t in model.state_dict(keep_vars=True).items():
+        by_id.setdefault(id(t), k)
     keys = {}
     for name in mask:
         key = by_id.get(id(found[name]))
