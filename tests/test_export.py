@@ -192,3 +192,49 @@ def test_docstring_example():
     module = sys.modules["vlticket.export"]
     result = doctest.testmod(module, extraglobs={"vlticket": vlticket, "torch": torch})
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_linear_used_twice_is_swapped_everywhere():
+    """named_children lists a repeated module once: its second use stayed dense and unpruned."""
+    torch.manual_seed(0)
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    mask = vlticket.prune_magnitude(model, sparsity=0.95, adapter=None)
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    vlticket.export(model, mask)
+    assert type(model[0]) is SparseLinear and model[2] is model[0]
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(model(x), dense(x))
+
+
+def test_a_weight_tied_to_an_embedding_is_masked_there_too():
+    """BertForMaskedLM's decoder is its word embeddings: exporting the decoder must not leave
+    the embedding unpruned, or the outputs differ from the masked dense model's."""
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    model = transformers.BertForMaskedLM(cfg).eval()
+    emb = model.bert.embeddings.word_embeddings.weight
+    mask = vlticket.prune_magnitude({"bert.embeddings.word_embeddings.weight": emb}, sparsity=0.95)
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    vlticket.export(model, mask)
+    assert type(model.cls.predictions.decoder) is SparseLinear
+    ids = torch.randint(0, cfg.vocab_size, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, dense(ids).logits)
+
+
+def test_export_follows_the_masks_adapter_and_says_when_already_exported():
+    model = _bert()
+    mask = vlticket.prune_magnitude(model, sparsity=0.95)  # records the detected adapter
+    assert mask.adapter is not None
+    vlticket.export(model, mask, min_sparsity=0.0)
+    with pytest.raises(NameMismatchError, match="already exported"):
+        vlticket.export(model, mask, min_sparsity=0.0)
+    with torch.device("meta"):
+        ghost = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ArgumentError, match="'0.weight' is on the meta device"):
+        vlticket.export(ghost, vlticket.Mask({"0.weight": torch.ones(8, 8, dtype=torch.bool)}))

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.sparse import to_sparse_semi_structured
 
-from ._naming import AdapterArg, check_layout, named_tensors
+from ._naming import AUTO, AdapterArg, check_layout, named_tensors
 from .core import Mask
-from .errors import ArgumentError
+from .errors import ArgumentError, NameMismatchError
 
 # The sparsity from which CSR beat the dense matmul on BERT-base Linear shapes at 8 x 128 tokens
 # and 2 threads on the development CPU (benchmarks/run.py --only export: 1.13x at 0.9 and 0.65x
@@ -113,12 +113,14 @@ def export(
     to: str = "csr",
     *,
     min_sparsity: float | None = None,
-    adapter: AdapterArg = None,
+    adapter: AdapterArg = AUTO,
 ) -> nn.Module:
     """Swap the pruned ``nn.Linear`` layers of ``model`` for sparse inference modules, in place.
 
     Every masked tensor must be the weight of an ``nn.Linear``; everything is checked before
-    the model changes. Outputs equal the masked dense model's up to float rounding.
+    the model changes. Outputs equal the masked dense model's up to float rounding: a Linear
+    used in several places is swapped in all of them, and a weight tied to another module
+    (an embedding) is masked there too.
 
     Args:
         model: the model (modified in place and returned).
@@ -128,7 +130,8 @@ def export(
             2:4 pattern, see ``prune_magnitude(..., pattern="2:4")``).
         min_sparsity: with ``"csr"``, layers pruned less than this stay dense (their pruned
             weights zeroed); default :data:`CSR_MIN_SPARSITY`, the measured CPU crossover.
-        adapter: match the mask's canonical names through this adapter.
+        adapter: match the mask's canonical names through this adapter; by default the one
+            the mask recorded (``None``: parameter names).
 
     Example:
         >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64))
@@ -146,18 +149,27 @@ def export(
         min_sparsity = CSR_MIN_SPARSITY if to == "csr" else 0.0
     if not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
         raise ArgumentError(f"`min_sparsity`: expected a number in [0, 1], found {min_sparsity!r}")
-    found = named_tensors(model, adapter=adapter, param="model")
-    check_layout(mask.shapes(), found, what="the mask", where="`model`", exact=False)
+    try:
+        found = named_tensors(model, adapter=mask.naming(model, adapter), param="model")
+        check_layout(mask.shapes(), found, what="the mask", where="`model`", exact=False)
+    except NameMismatchError as e:
+        if not any(isinstance(m, _InferenceOnly) for m in model.modules()):
+            raise
+        raise NameMismatchError(
+            f"{e}; `model` was already exported (its sparse layers have no parameters): "
+            "export the dense model once"
+        ) from None
     owners = _linear_owners(model)
     layers = {}
     for name in mask:
-        owner = owners.get(id(found[name]))
-        if owner is None:
+        if found[name].device.type == "meta":
+            raise ArgumentError(f"tensor {name!r} is on the meta device, with no values to export")
+        if id(found[name]) not in owners:
             raise ArgumentError(
                 f"tensor {name!r} is not the weight of an nn.Linear: export swaps Linear layers "
                 "only; leave other tensors out of the mask (they stay dense)"
             )
-        layers[name] = owner
+        layers[name] = owners[id(found[name])]
     sparsity = mask.tensor_sparsity()
     if to == "2:4":
         _check_semi_structured(mask, found)
@@ -166,34 +178,39 @@ def export(
     # Every sparse module is built before the first one is swapped in: a conversion that fails
     # (a shape torch's 2:4 kernels do not take, memory) leaves the model as it was.
     sparse_class = SemiStructuredLinear if to == "2:4" else SparseLinear
-    swaps, dense = {}, []
-    for name, (parent, attr) in layers.items():
-        linear, keep = getattr(parent, attr), mask[name]
-        if to == "2:4" or sparsity[name] >= min_sparsity:
+    built: dict[int, nn.Module] = {}  # id(Linear) -> its sparse module, one wherever it is used
+    for name, places in layers.items():
+        keep = mask[name]
+        for parent, attr in places:
+            linear = getattr(parent, attr)
+            if id(linear) in built or not (to == "2:4" or sparsity[name] >= min_sparsity):
+                continue
             try:
-                swaps[(parent, attr)] = sparse_class(linear, keep)
+                built[id(linear)] = sparse_class(linear, keep)
             except (RuntimeError, MemoryError) as e:
                 raise ArgumentError(
                     f"tensor {name!r} (shape {list(linear.weight.shape)}, "
                     f"{linear.weight.dtype}) cannot become {sparse_class.__name__}: {e}"
                 ) from e
-        else:
-            dense.append((linear.weight, keep))
-    for (parent, attr), module in swaps.items():
-        setattr(parent, attr, module)
+    for places in layers.values():
+        for parent, attr in places:
+            linear = getattr(parent, attr)
+            setattr(parent, attr, built.get(id(linear), linear))
+    # Every masked weight is zeroed in place too: a layer left dense, and any other module
+    # tied to the weight (an embedding), then computes with the masked values.
     with torch.no_grad():
-        for weight, keep in dense:
-            weight.masked_fill_(~keep.to(weight.device), 0)
+        for name in layers:
+            found[name].masked_fill_(~mask[name].to(found[name].device), 0)
     return model
 
 
-def _linear_owners(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
-    """id(weight) -> (parent module, attribute) of every nn.Linear in ``model``."""
-    out = {}
+def _linear_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(weight) -> every (parent module, attribute) holding an nn.Linear with that weight."""
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
     for parent in model.modules():
-        for attr, child in parent.named_children():
+        for attr, child in parent._modules.items():  # named_children skips a repeated module
             if isinstance(child, nn.Linear):
-                out[id(child.weight)] = (parent, attr)
+                out.setdefault(id(child.weight), []).append((parent, attr))
     return out
 
 
