@@ -155,3 +155,13 @@ def test_sorting_network_sorts_every_bit_pattern(m):
     rows = torch.tensor([[b >> i & 1 for i in range(m)] for b in range(1 << m)])
     ranked = torch.stack(_sort_columns(list(rows.unbind(1)), _sorting_network(m)), dim=1)
     assert torch.equal(ranked, rows.sort(dim=1).values)
+
+
+def test_a_bad_scope_or_a_meta_tensor_is_refused():
+    w = {"w": torch.randn(2, 8)}
+    with pytest.raises(ArgumentError, match="`scope`.*'bogus'"):  # was silently ignored
+        vlticket.prune_magnitude(w, pattern="2:4", scope="bogus")
+    ghost = {"w": torch.empty(2, 8, device="meta")}
+    for kwargs in ({"pattern": "2:4"}, {"sparsity": 0.5}):
+        with pytest.raises(ArgumentError, match="'w'.*meta device"):
+            vlticket.prune_magnitude(ghost, **kwargs)

@@ -84,6 +84,7 @@ def prune_magnitude(
         [False, True, False, True]
     """
     if pattern is not None:
+        check_scope(scope)  # every scope is the same for N:M, but a typo is still a typo
         return _prune_pattern(weights, pattern, sparsity, amount, mask, largest, adapter)
     check_request(sparsity, amount, scope)
     naming = _naming(weights, mask, adapter)

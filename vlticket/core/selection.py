@@ -113,6 +113,11 @@ def targets(
             raise ArgumentError(
                 f"`{param}[{name!r}]`: expected a floating-point tensor, found {t.dtype}"
             )
+        if t.device.type == "meta":
+            raise ArgumentError(
+                f"`{param}[{name!r}]` is on the meta device, with no values to rank; "
+                "load the weights first"
+            )
     if mask is None:
         return tensors, {}
     if not isinstance(mask, Mask):
