@@ -238,3 +238,14 @@ def test_export_follows_the_masks_adapter_and_says_when_already_exported():
         ghost = nn.Sequential(nn.Linear(8, 8))
     with pytest.raises(ArgumentError, match="'0.weight' is on the meta device"):
         vlticket.export(ghost, vlticket.Mask({"0.weight": torch.ones(8, 8, dtype=torch.bool)}))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+@pytest.mark.parametrize(("n_in", "n_out"), [(0, 4), (4, 0), (3, 5)])
+def test_sparse_linear_matches_linear_on_empty_shapes(n_in, n_out):
+    """A layer with no inputs got x.reshape(-1, 0), which torch cannot size."""
+    torch.manual_seed(0)
+    linear = nn.Linear(n_in, n_out)
+    layer = SparseLinear(linear, torch.ones(n_out, n_in, dtype=torch.bool))
+    for x in (torch.randn(2, 3, n_in), torch.randn(0, n_in)):
+        torch.testing.assert_close(layer(x), linear(x))

@@ -12,6 +12,7 @@ Exported modules are for inference only: their weights are buffers, not paramete
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -74,7 +75,8 @@ class SparseLinear(_InferenceOnly):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels, with
         # x^T contiguous and the bias added by the same addmm (measured fastest on CPU).
-        cols = x.reshape(-1, self.in_features).t().contiguous()
+        rows = math.prod(x.shape[:-1])  # not -1: a layer with no inputs has 0 elements
+        cols = x.reshape(rows, self.in_features).t().contiguous()
         if self.bias is None:
             out = torch.sparse.mm(self.weight, cols)
         else:
