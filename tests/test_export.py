@@ -249,3 +249,16 @@ def test_sparse_linear_matches_linear_on_empty_shapes(n_in, n_out):
     layer = SparseLinear(linear, torch.ones(n_out, n_in, dtype=torch.bool))
     for x in (torch.randn(2, 3, n_in), torch.randn(0, n_in)):
         torch.testing.assert_close(layer(x), linear(x))
+
+
+def test_a_model_that_is_one_linear_is_returned_swapped():
+    """It has no parent to swap it in: it was refused as 'not the weight of an nn.Linear'."""
+    torch.manual_seed(0)
+    linear = nn.Linear(16, 16)
+    mask = vlticket.prune_magnitude(linear, sparsity=0.95, adapter=None)
+    dense = copy.deepcopy(linear)
+    mask.apply(dense)
+    fast = vlticket.export(linear, mask)
+    assert type(fast) is SparseLinear
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(fast(x), dense(x))

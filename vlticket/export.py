@@ -125,7 +125,8 @@ def export(
     (an embedding) is masked there too.
 
     Args:
-        model: the model (modified in place and returned).
+        model: the model (modified in place and returned; a model that is itself an
+            ``nn.Linear`` cannot change class in place, so its replacement is returned).
         mask: the ticket's mask, by parameter names or ``adapter``'s names.
         to: ``"csr"`` (``torch.sparse_csr``; on a CPU float32 or float64 only, torch having
             no half-precision CSR kernel there) or ``"2:4"`` (CUDA; the mask must satisfy the
@@ -184,7 +185,7 @@ def export(
     for name, places in layers.items():
         keep = mask[name]
         for parent, attr in places:
-            linear = getattr(parent, attr)
+            linear = model if parent is None else getattr(parent, attr)
             if id(linear) in built or not (to == "2:4" or sparsity[name] >= min_sparsity):
                 continue
             try:
@@ -194,21 +195,26 @@ def export(
                     f"tensor {name!r} (shape {list(linear.weight.shape)}, "
                     f"{linear.weight.dtype}) cannot become {sparse_class.__name__}: {e}"
                 ) from e
+    result = built.get(id(model), model)  # a bare Linear cannot change class in place
     for places in layers.values():
         for parent, attr in places:
-            linear = getattr(parent, attr)
-            setattr(parent, attr, built.get(id(linear), linear))
+            if parent is not None:
+                linear = getattr(parent, attr)
+                setattr(parent, attr, built.get(id(linear), linear))
     # Every masked weight is zeroed in place too: a layer left dense, and any other module
     # tied to the weight (an embedding), then computes with the masked values.
     with torch.no_grad():
         for name in layers:
             found[name].masked_fill_(~mask[name].to(found[name].device), 0)
-    return model
+    return result
 
 
-def _linear_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
-    """id(weight) -> every (parent module, attribute) holding an nn.Linear with that weight."""
-    out: dict[int, list[tuple[nn.Module, str]]] = {}
+def _linear_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module | None, str]]]:
+    """id(weight) -> every (parent module, attribute) holding an nn.Linear with that weight;
+    ``(None, "")`` for ``model`` itself."""
+    out: dict[int, list[tuple[nn.Module | None, str]]] = {}
+    if isinstance(model, nn.Linear):
+        out[id(model.weight)] = [(None, "")]
     for parent in model.modules():
         for attr, child in parent._modules.items():  # named_children skips a repeated module
             if isinstance(child, nn.Linear):
