@@ -262,3 +262,16 @@ def test_a_model_that_is_one_linear_is_returned_swapped():
     assert type(fast) is SparseLinear
     x = torch.randn(3, 16)
     torch.testing.assert_close(fast(x), dense(x))
+
+
+def test_a_parametrized_weight_is_named_with_the_way_out():
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    model = nn.Sequential(nn.Linear(8, 8))
+    torch.nn.utils.parametrize.register_parametrization(model[0], "weight", Double())
+    mask = vlticket.prune_magnitude(model, sparsity=0.95, adapter=None)
+    with pytest.raises(ArgumentError, match="parametrized.*remove_parametrizations"):
+        vlticket.export(model, mask)
+    assert torch.nn.utils.parametrize.is_parametrized(model[0], "weight")

@@ -168,9 +168,15 @@ def export(
         if found[name].device.type == "meta":
             raise ArgumentError(f"tensor {name!r} is on the meta device, with no values to export")
         if id(found[name]) not in owners:
+            hint = (
+                "; it is parametrized: `torch.nn.utils.parametrize.remove_parametrizations("
+                "module, 'weight')` first"
+                if ".parametrizations." in f".{name}"
+                else ""
+            )
             raise ArgumentError(
                 f"tensor {name!r} is not the weight of an nn.Linear: export swaps Linear layers "
-                "only; leave other tensors out of the mask (they stay dense)"
+                f"only; leave other tensors out of the mask (they stay dense){hint}"
             )
         layers[name] = owners[id(found[name])]
     sparsity = mask.tensor_sparsity()
