@@ -275,3 +275,12 @@ def test_a_parametrized_weight_is_named_with_the_way_out():
     with pytest.raises(ArgumentError, match="parametrized.*remove_parametrizations"):
         vlticket.export(model, mask)
     assert torch.nn.utils.parametrize.is_parametrized(model[0], "weight")
+
+
+def test_min_sparsity_is_never_silently_ignored(tiny_net):
+    mask = vlticket.prune_magnitude(_linears(tiny_net), sparsity=0.95)
+    with pytest.raises(ArgumentError, match="`min_sparsity`.*csr"):
+        vlticket.export(tiny_net, mask, to="2:4", min_sparsity=0.9)
+    with pytest.raises(ArgumentError, match="`min_sparsity`.*True"):
+        vlticket.export(tiny_net, mask, min_sparsity=True)
+    assert all(type(m) is not SparseLinear for m in tiny_net.modules())

@@ -148,9 +148,18 @@ def export(
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
     if not isinstance(mask, Mask):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
+    if min_sparsity is not None and to == "2:4":  # every 2:4 layer is swapped: say so
+        raise ArgumentError(
+            f"`min_sparsity`: applies to `to='csr'` only (2:4 layers are all 50% sparse), "
+            f"found {min_sparsity!r} with to='2:4'"
+        )
     if min_sparsity is None:
         min_sparsity = CSR_MIN_SPARSITY if to == "csr" else 0.0
-    if not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
+    if (
+        isinstance(min_sparsity, bool)  # True would mean "1.0", not "yes"
+        or not isinstance(min_sparsity, (int, float))
+        or not 0.0 <= min_sparsity <= 1.0
+    ):
         raise ArgumentError(f"`min_sparsity`: expected a number in [0, 1], found {min_sparsity!r}")
     try:
         found = named_tensors(model, adapter=mask.naming(model, adapter), param="model")
