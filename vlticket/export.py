@@ -24,10 +24,9 @@ from ._naming import AUTO, AdapterArg, check_layout, named_tensors
 from .core import Mask
 from .errors import ArgumentError, NameMismatchError
 
-# The sparsity from which CSR beat the dense matmul on BERT-base Linear shapes at 8 x 128 tokens
-# and 2 threads on the development CPU (benchmarks/run.py --only export: 1.13x at 0.9 and 0.65x
-# at 0.8 in a quiet run; 1.2-1.34x and 0.67-0.82x in three busier runs with the int32 + addmm
-# layout): below it, a layer stays dense.
+# The sparsity from which CSR beats the dense matmul on BERT-base Linear shapes at 8 x 128
+# tokens and 2 threads on the development CPU (benchmarks/run.py --only export, quiet runs:
+# 1.13-1.37x at 0.9, 0.65-0.82x at 0.8): below it, a layer stays dense.
 CSR_MIN_SPARSITY = 0.9
 FORMATS = ("csr", "2:4")
 # torch's CPU CSR x dense kernel (MKL) has no float16 / bfloat16 version: such a layer would
