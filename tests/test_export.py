@@ -78,6 +78,28 @@ def test_min_sparsity_zero_swaps_everything_and_3d_inputs_work():
     torch.testing.assert_close(model(x), dense(x))
 
 
+def test_an_exported_model_copies_and_saves_like_any_other(tmp_path):
+    """The CSR arrays are plain buffers: deepcopy, safetensors and load_state_dict work."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+    mask = vlticket.prune_magnitude(model, sparsity=0.95)
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    twin = copy.deepcopy(dense)
+    vlticket.export(model, mask)
+    x = torch.randn(4, 32)
+    copied = copy.deepcopy(model)
+    assert torch.equal(copied(x), model(x)) and copied[0].values is not model[0].values
+    save_file(model.state_dict(), tmp_path / "exported.safetensors")
+    vlticket.export(twin, mask)
+    with torch.no_grad():
+        twin[0].values.zero_()
+    twin.load_state_dict(load_file(tmp_path / "exported.safetensors"))
+    torch.testing.assert_close(twin(x), dense(x))
+
+
 def test_exported_modules_refuse_training():
     model = nn.Sequential(nn.Linear(8, 8))
     vlticket.export(model, vlticket.prune_magnitude(model, sparsity=0.95))

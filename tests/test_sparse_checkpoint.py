@@ -338,8 +338,12 @@ def test_meta_models_and_exported_models_are_refused(tmp_path, tiny_net):
         vlticket.load_sparse(tmp_path, ghost)
     linears = vlticket.Mask({"fc2.weight": mask["fc2.weight"]})
     exported = vlticket.export(type(tiny_net)(), linears, min_sparsity=0.0)
-    with pytest.raises(vlticket.ArgumentError, match="'fc2.weight'.*sparse_csr"):
-        vlticket.save_sparse(exported, vlticket.Mask({"fc1.weight": mask["fc1.weight"]}), tmp_path)
+    with pytest.raises(NameMismatchError, match="fc2.weight"):  # no dense weight left to save
+        vlticket.save_sparse(exported, linears, tmp_path)
+    holder = torch.nn.Linear(4, 4)
+    holder.register_buffer("table", torch.eye(4).to_sparse_csr())
+    with pytest.raises(vlticket.ArgumentError, match="'table' is torch.sparse_csr"):
+        vlticket.save_sparse(holder, vlticket.prune_magnitude(holder, sparsity=0.5), tmp_path)
 
 
 def test_data_parallel_models_use_the_inner_names(tmp_path, tiny_net):

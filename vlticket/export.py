@@ -45,7 +45,11 @@ class _InferenceOnly(nn.Module):
 
 
 class SparseLinear(_InferenceOnly):
-    """``nn.Linear`` with its masked weight stored as ``torch.sparse_csr`` (inference only).
+    """``nn.Linear`` with its masked weight stored in CSR form (inference only).
+
+    The CSR arrays are plain buffers (``crow_indices``, ``col_indices``, ``values``), so an
+    exported model deep-copies, moves between devices and saves its ``state_dict`` like any
+    other (safetensors included); ``weight`` is the ``torch.sparse_csr`` view of them.
 
     Args:
         linear: the layer to replace; its dtype, device and bias are kept.
@@ -59,31 +63,40 @@ class SparseLinear(_InferenceOnly):
         with warnings.catch_warnings():  # torch flags CSR as beta at every conversion
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             csr = (w * keep.to(w.device)).to_sparse_csr()
+        crow, col = csr.crow_indices(), csr.col_indices()
         if csr.values().numel() < 2**31 and max(w.shape) < 2**31:  # MKL's kernels take int32
-            csr = torch.sparse_csr_tensor(
-                csr.crow_indices().int(),
-                csr.col_indices().int(),
-                csr.values(),
-                csr.shape,
-                check_invariants=True,
-            )
-        self.register_buffer("weight", csr)
+            crow, col = crow.int(), col.int()
+        self.register_buffer("crow_indices", crow)
+        self.register_buffer("col_indices", col)
+        self.register_buffer("values", csr.values())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach())
         self.eval()
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The masked weight as a ``torch.sparse_csr`` tensor over the buffers (no copy)."""
+        return torch.sparse_csr_tensor(
+            self.crow_indices,
+            self.col_indices,
+            self.values,
+            (self.out_features, self.in_features),
+            check_invariants=False,  # checked when built; a loaded state dict is the user's
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels, with
         # x^T contiguous and the bias added by the same addmm (measured fastest on CPU).
         rows = math.prod(x.shape[:-1])  # not -1: a layer with no inputs has 0 elements
         cols = x.reshape(rows, self.in_features).t().contiguous()
+        weight = self.weight
         if self.bias is None:
-            out = torch.sparse.mm(self.weight, cols)
+            out = torch.sparse.mm(weight, cols)
         else:
-            out = torch.addmm(self.bias.unsqueeze(1), self.weight, cols)
+            out = torch.addmm(self.bias.unsqueeze(1), weight, cols)
         return out.t().reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        nnz = self.weight.values().numel()
+        nnz = self.values.numel()
         density = nnz / max(1, self.in_features * self.out_features)
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "

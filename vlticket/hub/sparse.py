@@ -257,8 +257,8 @@ def _check_savable(live: dict[str, torch.Tensor]) -> None:
             )
         if t.layout != torch.strided:
             raise ArgumentError(
-                f"`model`: tensor {key!r} is {t.layout} (an exported model?); save the dense "
-                "model and its mask, and export after loading"
+                f"`model`: tensor {key!r} is {t.layout}; a sparse checkpoint holds strided "
+                "tensors (save a dense model and its mask, and export after loading)"
             )
         if t.dtype not in _files.SAFETENSORS_DTYPES:
             held = sorted(str(d).removeprefix("torch.") for d in _files.SAFETENSORS_DTYPES)
