@@ -277,6 +277,8 @@ def test_nm_search_one_shot_and_resume(tmp_path):
         TicketSearch(model, run_dir=tmp_path, sparsity=0.75, one_shot=True, progress=False)
     again = TicketSearch(model, run_dir=tmp_path, **kwargs)
     assert again.finished and again.mask == search.mask
+    spelled = TicketSearch(model, run_dir=tmp_path, **{**kwargs, "pattern": "01:004"})
+    assert spelled.finished and spelled.args["pattern"] == "1:4"  # the same pattern
 
 
 def test_nm_search_refuses_a_pattern_that_does_not_tile(tmp_path):

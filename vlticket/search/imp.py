@@ -32,6 +32,7 @@ from .._naming import AUTO, AdapterArg, auto_adapter, model_state, named_tensors
 from ..adapters import groups_for
 from ..core import Checkpoint, Mask, group_sparsity
 from ..core.attach import hookable_optimizer
+from ..core.nm import parse_pattern
 from ..early_bird import EarlyBird
 from ..errors import ArgumentError, FileFormatError, VlticketError
 from ..hub import Ticket
@@ -270,6 +271,8 @@ class TicketSearch:
             if not isinstance(value, bool):  # "no" is truthy: it would mean yes
                 raise ArgumentError(f"`{name}`: expected True or False, found {value!r}")
         check_kind(granularity, min_per_layer, pattern, sparsity, scope)
+        if pattern is not None:  # one spelling, so that "02:04" resumes a "2:4" run
+            pattern = "{}:{}".format(*parse_pattern(pattern))
         if num_heads is not None and (
             granularity == "weight"
             or isinstance(num_heads, bool)
