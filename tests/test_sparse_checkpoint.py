@@ -158,6 +158,27 @@ def test_a_save_replaces_the_folder_whole_or_not_at_all(tmp_path, tiny_net, monk
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+def test_a_load_during_a_save_gets_the_old_or_the_new_checkpoint(tmp_path, tiny_net, monkeypatch):
+    """A save swapped in while a load reads the folder: the load reads again, never a mix."""
+    folder = tmp_path / "ckpt"
+    vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), folder)
+    newer = type(tiny_net)()
+    new_mask = vlticket.prune_magnitude(newer, sparsity=0.8)
+    read_files, reads = sparse._read_files, []
+
+    def swapped_midway(where, record):  # the old record is read; then the folder is replaced
+        reads.append(record["files"]["sparse.safetensors"]["sha256"])
+        if len(reads) == 1:
+            vlticket.save_sparse(newer, new_mask, folder)
+        return read_files(where, record)
+
+    monkeypatch.setattr(sparse, "_read_files", swapped_midway)
+    loaded = vlticket.load_sparse(folder, type(tiny_net)())
+    assert len(reads) == 2 and reads[0] != reads[1]  # read again, from the new folder
+    new_mask.apply(newer)
+    assert _same(newer, loaded)
+
+
 def test_wrong_model_on_load_is_untouched(tmp_path, tiny_net):
     vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.5), tmp_path)
     other = torch.nn.Linear(8, 16)

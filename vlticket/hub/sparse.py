@@ -18,6 +18,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +42,7 @@ SPARSE_FILES = (SPARSE_CONFIG, WEIGHTS_FILE, MASK_FILE, MODEL_CONFIG)
 FORMAT = "vlticket.sparse"
 FORMAT_VERSION = 1
 _MAX_JSON_BYTES = 16 * 1024 * 1024
+_READ_TRIES = 5
 _SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -335,10 +337,37 @@ class _Checked(NamedTuple):
 def _read_checked(folder: Path) -> _Checked:
     """Read every file of ``folder`` and check it against the record.
 
-    The SHA-256 of each file is computed in background threads (hashlib releases the GIL) while
-    the headers are parsed and the mask unpacked; all of it finishes before this returns. A file
-    whose hash is wrong is reported as such, even when its header failed first.
+    :func:`save_sparse` swaps a folder whole, and never changes a file inside one: a read during
+    which ``folder`` was swapped is read again, so a reader gets the old checkpoint or the new
+    one, never a mix of the two.
     """
+    for attempt in range(_READ_TRIES):
+        before = _identity(folder)
+        try:
+            checked = _read_once(folder)
+        except FileFormatError:
+            if attempt == _READ_TRIES - 1 or _identity(folder) == before:
+                raise
+        else:
+            if _identity(folder) == before:
+                return checked
+        time.sleep(0.01 * (attempt + 1))  # a swap without RENAME_EXCHANGE may be under way
+    raise FileFormatError(f"{str(folder)!r} was replaced during each of {_READ_TRIES} reads")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _read_once(folder: Path) -> _Checked:
+    """One read of ``folder``. The SHA-256 of each file is computed in background threads
+    (hashlib releases the GIL) while the headers are parsed and the mask unpacked; all of it
+    finishes before this returns. A file whose hash is wrong is reported as such, even when its
+    header failed first."""
     record = _read_record(folder)
     for name, want in record["files"].items():
         _check_size(folder, name, want)
