@@ -9,7 +9,7 @@ import transformers
 from torch import nn
 
 import vlticket
-from vlticket import ArgumentError, NameMismatchError
+from vlticket import ArgumentError, NameMismatchError, ShapeMismatchError
 from vlticket.export import CSR_MIN_SPARSITY, SparseLinear
 
 
@@ -98,6 +98,56 @@ def test_an_exported_model_copies_and_saves_like_any_other(tmp_path):
         twin[0].values.zero_()
     twin.load_state_dict(load_file(tmp_path / "exported.safetensors"))
     torch.testing.assert_close(twin(x), dense(x))
+
+
+def test_a_damaged_exported_state_dict_is_refused_before_the_copy(tmp_path):
+    """torch's CSR kernels trust their indices: a bad one from a file would read out of bounds."""
+    model = nn.Sequential(nn.Linear(64, 64))
+    vlticket.export(model, vlticket.prune_magnitude(model, sparsity=0.96))
+    before = _state(model)
+    for key, damage in (("0.col_indices", 10**6), ("0.crow_indices", -1)):
+        state = _state(model)
+        state[key][-1] = damage
+        with pytest.raises(ShapeMismatchError, match="not a valid CSR matrix"):
+            model.load_state_dict(state)
+        assert _unchanged(model, before)
+    model.half()  # after export: refused at the forward with our message, not torch's
+    with pytest.raises(ArgumentError, match="float32 or float64 only"):
+        model(torch.randn(2, 64).half())
+
+
+def test_linear_subclasses_stay_dense_and_masked():
+    """torch's attention and transformer layers read their Linears' weights in their fused
+    no-grad paths: a SparseLinear there broke the forward. Those Linears, and subclasses of
+    nn.Linear, stay dense (masked); a plain Linear called by its parent is swapped."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 2, dim_feedforward=64, batch_first=True)
+    model = nn.Sequential(layer, nn.Linear(32, 32)).eval()
+    mask = vlticket.prune_magnitude(_linears(model), sparsity=0.95, scope="tensor")
+    dense = copy.deepcopy(model)
+    mask.apply(dense)
+    vlticket.export(model, mask)
+    assert type(model[1]) is SparseLinear
+    for name in ("self_attn.out_proj", "linear1", "linear2"):
+        linear = model[0].get_submodule(name)
+        assert type(linear) is not SparseLinear
+        assert not linear.weight[~mask[f"0.{name}.weight"]].any()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense(x))
+
+    class Scaled(nn.Linear):  # a subclass may compute otherwise: kept as it is
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    odd = nn.Sequential(Scaled(16, 16))
+    odd_mask = vlticket.prune_magnitude(odd, sparsity=0.95)
+    reference = copy.deepcopy(odd)
+    odd_mask.apply(reference)
+    vlticket.export(odd, odd_mask)
+    assert type(odd[0]) is Scaled
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(odd(x), reference(x))
 
 
 def test_exported_modules_refuse_training():

@@ -6,8 +6,11 @@ beats the dense matmul only at high sparsity (see :data:`CSR_MIN_SPARSITY`), so 
 layers stay dense (with their pruned weights zeroed). ``to="2:4"`` swaps them for
 :class:`SemiStructuredLinear`, NVIDIA's 2:4 sparse tensor-core format, on a CUDA device.
 
-Exported modules are for inference only: their weights are buffers, not parameters, and
-``.train()`` raises. Export a copy (``copy.deepcopy(model)``) to keep training the original.
+Only plain ``nn.Linear`` layers that their parent calls are swapped; a subclass, or a Linear
+inside ``nn.MultiheadAttention`` / ``nn.Transformer*Layer`` (whose fused paths read the weights
+themselves), stays dense with its pruned weights zeroed. Exported modules are for inference
+only: nothing in them requires grad, and ``.train()`` raises. Export a copy
+(``copy.deepcopy(model)``) to keep training the original.
 """
 
 from __future__ import annotations
@@ -22,13 +25,19 @@ from torch.sparse import to_sparse_semi_structured
 
 from ._naming import AUTO, AdapterArg, check_layout, named_tensors
 from .core import Mask
-from .errors import ArgumentError, NameMismatchError
+from .errors import ArgumentError, NameMismatchError, ShapeMismatchError
 
 # The sparsity from which CSR beats the dense matmul on BERT-base Linear shapes at 8 x 128
 # tokens and 2 threads on the development CPU (benchmarks/run.py --only export, quiet runs:
 # 1.13-1.37x at 0.9, 0.65-0.82x at 0.8): below it, a layer stays dense.
 CSR_MIN_SPARSITY = 0.9
 FORMATS = ("csr", "2:4")
+# Modules whose forward reads their child Linears' weights directly (fused fast paths).
+_READS_CHILD_WEIGHTS = (
+    nn.MultiheadAttention,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
 # torch's CPU CSR x dense kernel (MKL) has no float16 / bfloat16 version: such a layer would
 # export fine and fail at its first forward, so export refuses it up front.
 _CPU_CSR_DTYPES = (torch.float32, torch.float64)
@@ -80,12 +89,33 @@ class SparseLinear(_InferenceOnly):
             self.col_indices,
             self.values,
             (self.out_features, self.in_features),
-            check_invariants=False,  # checked when built; a loaded state dict is the user's
+            check_invariants=False,  # checked when built and when a state dict is loaded
         )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # torch's CSR kernels trust their indices: an out-of-range one read from a file would
+        # read out of bounds at the next forward, so the arrays are checked before the copy.
+        arrays = [state_dict.get(prefix + key) for key in ("crow_indices", "col_indices", "values")]
+        if all(isinstance(a, torch.Tensor) for a in arrays):
+            try:
+                torch.sparse_csr_tensor(
+                    *arrays, (self.out_features, self.in_features), check_invariants=True
+                )
+            except RuntimeError as e:
+                raise ShapeMismatchError(
+                    f"state dict entries {prefix}crow_indices / col_indices / values are not a "
+                    f"valid CSR matrix of shape [{self.out_features}, {self.in_features}]: {e}"
+                ) from e
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # W @ x^T keeps the sparse operand first, the fast path of torch's CSR kernels, with
         # x^T contiguous and the bias added by the same addmm (measured fastest on CPU).
+        if self.values.device.type == "cpu" and self.values.dtype not in _CPU_CSR_DTYPES:
+            raise ArgumentError(  # e.g. `.half()` after export: torch would fail less clearly
+                f"SparseLinear holds {self.values.dtype} on the CPU, where torch's CSR kernels "
+                "take float32 or float64 only; keep an exported model in float32"
+            )
         rows = math.prod(x.shape[:-1])  # not -1: a layer with no inputs has 0 elements
         cols = x.reshape(rows, self.in_features).t().contiguous()
         weight = self.weight
@@ -180,7 +210,7 @@ def export(
         if not any(isinstance(m, _InferenceOnly) for m in model.modules()):
             raise
         raise NameMismatchError(
-            f"{e}; `model` was already exported (its sparse layers have no parameters): "
+            f"{e}; `model` was already exported (its sparse layers have no dense weight): "
             "export the dense model once"
         ) from None
     owners = _linear_owners(model)
@@ -201,10 +231,22 @@ def export(
             )
         layers[name] = owners[id(found[name])]
     sparsity = mask.tensor_sparsity()
+
+    def swapped(name: str) -> bool:
+        # Only a plain nn.Linear that its parent calls: a subclass may compute otherwise, and
+        # torch's attention and transformer layers read their Linears' weights themselves in
+        # their fused paths. Such layers stay dense and masked.
+        plain = all(
+            type(_at(model, parent, attr)) is nn.Linear
+            and not isinstance(parent, _READS_CHILD_WEIGHTS)
+            for parent, attr in layers[name]
+        )
+        return plain and (to == "2:4" or sparsity[name] >= min_sparsity)
+
     if to == "2:4":
         _check_semi_structured(mask, found)
     else:
-        _check_csr_dtypes({n: found[n] for n in mask if sparsity[n] >= min_sparsity})
+        _check_csr_dtypes({n: found[n] for n in mask if swapped(n)})
     # Every sparse module is built before the first one is swapped in: a conversion that fails
     # (a shape torch's 2:4 kernels do not take, memory) leaves the model as it was.
     sparse_class = SemiStructuredLinear if to == "2:4" else SparseLinear
@@ -212,8 +254,8 @@ def export(
     for name, places in layers.items():
         keep = mask[name]
         for parent, attr in places:
-            linear = model if parent is None else getattr(parent, attr)
-            if id(linear) in built or not (to == "2:4" or sparsity[name] >= min_sparsity):
+            linear = _at(model, parent, attr)
+            if id(linear) in built or not swapped(name):
                 continue
             try:
                 built[id(linear)] = sparse_class(linear, keep)
@@ -234,6 +276,10 @@ def export(
         for name in layers:
             found[name].masked_fill_(~mask[name].to(found[name].device), 0)
     return result
+
+
+def _at(model: nn.Module, parent: nn.Module | None, attr: str) -> nn.Module:
+    return model if parent is None else getattr(parent, attr)
 
 
 def _linear_owners(model: nn.Module) -> dict[int, list[tuple[nn.Module | None, str]]]:
