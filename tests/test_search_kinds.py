@@ -279,6 +279,10 @@ def test_nm_search_one_shot_and_resume(tmp_path):
     assert again.finished and again.mask == search.mask
     spelled = TicketSearch(model, run_dir=tmp_path, **{**kwargs, "pattern": "01:004"})
     assert spelled.finished and spelled.args["pattern"] == "1:4"  # the same pattern
+    run_file = tmp_path / "run.json"  # a run saved before patterns had one spelling
+    run_file.write_text(run_file.read_text().replace('"1:4"', '"01:04"'))
+    assert '"pattern": "01:04"' in run_file.read_text()
+    assert TicketSearch(model, run_dir=tmp_path, **{**kwargs, "pattern": "01:04"}).finished
 
 
 def test_nm_search_refuses_a_pattern_that_does_not_tile(tmp_path):

@@ -323,28 +323,65 @@ def test_the_masks_recorded_adapter_is_the_default(tmp_path):
     assert _same(model, vlticket.load_sparse(tmp_path))
 
 
-def test_a_failed_save_leaves_the_old_checkpoint_loadable(tmp_path, tiny_net, monkeypatch):
+def test_an_unsavable_tensor_is_refused_before_any_file_changes(tmp_path, tiny_net):
     old = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
     vlticket.save_sparse(tiny_net, old, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-
-    # Bad input: a tensor safetensors cannot hold is refused before any file is touched.
     tiny_net.register_buffer("phase", torch.zeros(2, dtype=torch.complex64))
     with pytest.raises(vlticket.ArgumentError, match="'phase'.*complex64"):
         vlticket.save_sparse(tiny_net, old, tmp_path)
-    del tiny_net.phase
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
-    # The disk fails after the new mask is written: the old folder is whole, no temp files.
-    def full(*args):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vlticket._files, "save_safetensors", full)
-    with pytest.raises(OSError, match="No space left"):
-        vlticket.save_sparse(tiny_net, vlticket.prune_magnitude(tiny_net, sparsity=0.8), tmp_path)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    old.apply(tiny_net)
-    assert _same(tiny_net, vlticket.load_sparse(tmp_path, type(tiny_net)()))
+def test_a_folder_of_the_users_files_is_never_replaced(tmp_path, tiny_net, monkeypatch):
+    """Even files with a sparse folder's names are the user's without the record beside them;
+    the working directory is refused (swapping it would strand the process in a deleted
+    folder), and a relative path inside it saves as any other."""
+    mask = vlticket.prune_magnitude(tiny_net, sparsity=0.5)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"mine": true}')
+    with pytest.raises(vlticket.ArgumentError, match="no vlticket_sparse.json"):
+        vlticket.save_sparse(tiny_net, mask, theirs)
+    assert (theirs / "config.json").read_text() == '{"mine": true}'
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(vlticket.ArgumentError, match="current working directory"):
+        vlticket.save_sparse(tiny_net, mask, ".")
+    assert list(here.iterdir()) == []
+    vlticket.save_sparse(tiny_net, mask, "ckpt")
+    vlticket.save_sparse(tiny_net, mask, "ckpt")  # and replaced there
+    assert sorted(p.name for p in here.iterdir()) == ["ckpt"]  # nothing left beside it
+
+
+def test_keys_tied_in_the_model_but_not_in_the_folder_are_refused(tmp_path):
+    """Two pruned tensors saved apart cannot both fill one tied tensor: refused, untouched."""
+
+    class Pair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 8, bias=False)
+            self.b = torch.nn.Linear(8, 8, bias=False)
+
+    torch.manual_seed(0)
+    apart = Pair()
+    vlticket.save_sparse(apart, vlticket.prune_magnitude(apart, sparsity=0.5), tmp_path / "x")
+    tied = Pair()
+    tied.b.weight = tied.a.weight
+    before = tied.a.weight.detach().clone()
+    with pytest.raises(vlticket.ArgumentError, match="'a.weight' and 'b.weight' are one tensor"):
+        vlticket.load_sparse(tmp_path / "x", tied)
+    assert torch.equal(tied.a.weight, before)
+    same = Pair()  # the same values under both names: filled once, without a race
+    same.b.weight = same.a.weight
+    mask = vlticket.Mask({"a.weight": torch.rand(8, 8) > 0.5})
+    vlticket.save_sparse(same, mask, tmp_path / "y")
+    mask.apply(same)
+    loaded = Pair()
+    loaded.b.weight = loaded.a.weight
+    vlticket.load_sparse(tmp_path / "y", loaded)
+    assert torch.equal(loaded.a.weight, same.a.weight)
 
 
 def test_meta_models_and_exported_models_are_refused(tmp_path, tiny_net):

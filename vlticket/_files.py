@@ -115,7 +115,7 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     renames the path briefly does not exist, and a kill there leaves the old folder intact
     under ``.<name>.<random>.old`` beside it.
     """
-    folder = Path(folder)
+    folder = Path(os.path.abspath(folder))  # "." has no name to stage beside
     if folder.is_symlink():  # swap the folder the link points to, not the link
         folder = folder.resolve()
     stage = None
@@ -147,14 +147,20 @@ def check_replaceable(
 ) -> None:
     """Refuse to replace anything but a missing or empty folder or a folder of ``kind``.
 
-    Such a folder holds ``marker`` and nothing but ``files`` (and the ``.cache`` folder
-    huggingface_hub leaves in a downloaded folder), so a save that swaps the folder whole (see
+    Such a folder holds ``marker`` and nothing but ``files`` (and the ``.cache`` folder and
+    ``.gitattributes`` a Hub download leaves), so a save that swaps the folder whole (see
     :func:`staged_folder`) never deletes a file of the user's.
     """
     if not folder.exists() and not folder.is_symlink():
         return
     if not folder.is_dir():
         raise ArgumentError(f"{param}: {str(folder)!r} exists and is not a folder")
+    if folder.samefile(os.curdir):
+        raise ArgumentError(
+            f"{param}: {str(folder)!r} is the current working directory; a save replaces the "
+            "folder whole, which would leave this process (and a shell in it) in a deleted "
+            "folder: name a folder inside it, or save from its parent"
+        )
     names = set(os.listdir(folder))
     if not names:
         return
@@ -188,6 +194,26 @@ def _swap_in(stage: Path, folder: Path) -> None:
             raise
     fsync_dir(folder.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def open_dir(folder: Path) -> int | None:
+    """A handle on ``folder`` itself (None where ``os.open`` takes no directories): files read
+    while it is held, and :func:`replaced_since` says False, all came from that one folder."""
+    if os.open not in os.supports_dir_fd:
+        return None
+    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def replaced_since(folder: Path, dir_fd: int | None) -> bool:
+    """Whether ``folder`` is no longer the folder ``dir_fd`` opened (True with no handle)."""
+    if dir_fd is None:
+        return True  # no handle to compare: let the caller retry
+    try:
+        now = os.stat(folder)
+    except OSError:
+        return True
+    then = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 def being_swapped(folder: str | os.PathLike) -> bool:

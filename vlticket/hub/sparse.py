@@ -72,6 +72,10 @@ def save_sparse(
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
     if not isinstance(model, nn.Module):
         raise ArgumentError(f"`model`: expected an nn.Module, found {type(model).__name__}")
+    folder = Path(folder)
+    _files.check_replaceable(
+        folder, marker=SPARSE_CONFIG, files=SPARSE_FILES, param="`folder`", kind="a sparse folder"
+    )
     model = unwrap(model)  # keyed by the inner model's names, as masks are
     keys = _state_keys(model, mask, mask.naming(model, adapter))
     live = model.state_dict(keep_vars=True)
@@ -91,10 +95,6 @@ def save_sparse(
     config_json = None
     if hasattr(model_config, "to_json_string"):
         config_json = model_config.to_json_string().encode()
-    folder = Path(folder)
-    _files.check_replaceable(
-        folder, marker=SPARSE_CONFIG, files=SPARSE_FILES, param="`folder`", kind="a sparse folder"
-    )
     # Written into a staging folder and swapped in whole: a failed or killed save leaves the
     # previous checkpoint as it was, and a reader never sees a mix of the two.
     with _files.staged_folder(folder) as stage:
@@ -154,6 +154,7 @@ def load_sparse(
     """
     folder = remote.local_or_download(repo_id_or_dir, list(SPARSE_FILES), **download)
     if model is None:
+        _rebuild_class(_read_record(Path(folder)))  # refuse before reading a byte of weights
         state, record = _read_sparse(folder)
         model = _rebuild(folder, record)
         model.load_state_dict(state, assign=True)  # keeps each tensor's saved dtype
@@ -180,12 +181,14 @@ def load_sparse(
                 f"tensor {key!r}: the sparse folder holds {t.dtype}, `model` has "
                 f"{current[key].dtype}"
             )
+    targets = _fill_targets(checked, current)
     dense = {k: t for k, t in checked.stored.items() if k not in checked.bits}
     model.load_state_dict(dense, strict=False)  # every name was checked above
     # Pruned tensors are written straight into the model's own storage (no dense copy), last:
-    # a tied tensor's other name was saved unpruned, and the mask must win.
+    # folders saved before tied twins were stored masked hold the other name unpruned, and the
+    # mask must win.
     with torch.no_grad():
-        _fill_all({key: current[key] for key in checked.bits}, checked)
+        _fill_all(targets, checked)
     return model
 
 
@@ -337,30 +340,32 @@ class _Checked(NamedTuple):
 def _read_checked(folder: Path) -> _Checked:
     """Read every file of ``folder`` and check it against the record.
 
-    :func:`save_sparse` swaps a folder whole, and never changes a file inside one: a read during
-    which ``folder`` was swapped is read again, so a reader gets the old checkpoint or the new
-    one, never a mix of the two.
+    :func:`save_sparse` swaps a folder whole and never changes a file inside one. The folder is
+    held open while it is read, and a read during which the path stopped naming that folder is
+    read again: a reader gets the old checkpoint or the new one, never a mix of the two.
     """
     for attempt in range(_READ_TRIES):
-        before = _identity(folder)
+        try:
+            dir_fd = _files.open_dir(folder)
+        except OSError:
+            if attempt < _READ_TRIES - 1 and _files.being_swapped(folder):
+                time.sleep(0.01 * (attempt + 1))  # between the two renames of a swap
+                continue
+            dir_fd = None
+        if dir_fd is None:  # nothing to hold (missing, or no directory handles here)
+            return _read_once(folder)
         try:
             checked = _read_once(folder)
-        except FileFormatError:
-            if attempt == _READ_TRIES - 1 or _identity(folder) == before:
+        except (FileFormatError, OSError):
+            if attempt == _READ_TRIES - 1 or not _files.replaced_since(folder, dir_fd):
                 raise
         else:
-            if _identity(folder) == before:
+            if not _files.replaced_since(folder, dir_fd):
                 return checked
-        time.sleep(0.01 * (attempt + 1))  # a swap without RENAME_EXCHANGE may be under way
+        finally:
+            os.close(dir_fd)
+        time.sleep(0.01 * (attempt + 1))
     raise FileFormatError(f"{str(folder)!r} was replaced during each of {_READ_TRIES} reads")
-
-
-def _identity(folder: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _read_once(folder: Path) -> _Checked:
@@ -422,10 +427,38 @@ def _count(bits: np.ndarray, numel: int) -> int:
     return int(np.count_nonzero(_unpack(bits, numel)))
 
 
+def _fill_targets(checked: _Checked, current: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's tensor for each pruned key, one per storage: keys tied in the model share
+    one, and are filled once if the folder agrees on them, refused (before any write) if not."""
+    targets: dict[str, torch.Tensor] = {}
+    owner: dict[tuple[int, int], str] = {}
+    for key in checked.bits:
+        t = current[key]
+        if t.numel() == 0:
+            continue  # nothing to fill; empty tensors share no storage worth the name
+        other = owner.setdefault((t.untyped_storage().data_ptr(), t.storage_offset()), key)
+        if other == key:
+            targets[key] = t
+        elif not (
+            np.array_equal(checked.bits[key], checked.bits[other])
+            and torch.equal(checked.stored[key], checked.stored[other])
+        ):
+            raise ArgumentError(
+                f"`model`: {other!r} and {key!r} are one tensor (tied) in `model`, but the "
+                "sparse folder holds two different ones; load into a model that keeps them apart"
+            )
+    return targets
+
+
+# Threads that fill at once: numpy releases the GIL in the index work (two threads fill
+# BERT-base's tensors 1.9x faster than one), and each holds one tensor's unpacked mask and
+# indices, so more threads would mostly add memory.
+_FILL_THREADS = 4
+
+
 def _fill_all(dests: dict[str, torch.Tensor], checked: _Checked) -> None:
-    """:func:`_fill` every pruned tensor, on as many threads as torch may use: numpy releases
-    the GIL in the index work, so two threads fill BERT-base's tensors 1.9x faster than one."""
-    workers = max(1, min(torch.get_num_threads(), len(dests)))
+    """:func:`_fill` every pruned tensor, a few at a time (see ``_FILL_THREADS``)."""
+    workers = max(1, min(torch.get_num_threads(), _FILL_THREADS, len(dests)))
     with ThreadPoolExecutor(workers) as pool:
         done = [
             pool.submit(_fill, dest, checked.bits[key], checked.stored[key])
@@ -438,7 +471,7 @@ def _fill_all(dests: dict[str, torch.Tensor], checked: _Checked) -> None:
 def _fill(dest: torch.Tensor, bits: np.ndarray, values: torch.Tensor) -> None:
     """Write ``values`` at the kept positions of ``dest`` and zero the rest, in place.
 
-    One tensor at a time, so its unpacked mask and indices stay small and reuse memory. numpy
+    One tensor per call, so its unpacked mask and indices stay small and reuse memory. numpy
     does the work on the bits (as integers of the same width, so bfloat16 too): its nonzero over
     bools is several times faster than torch's, its indexed store beats a boolean
     ``masked_scatter_`` (whose branches a random mask defeats), and it runs no parallel region,
@@ -483,8 +516,8 @@ def _check_digests(folder: Path, record: dict[str, Any], digests: dict[str, Futu
             )
 
 
-def _rebuild(folder: Path, record: dict[str, Any]) -> nn.Module:
-    """A transformers model of the recorded class, built from ``config.json``."""
+def _rebuild_class(record: dict[str, Any]) -> type:
+    """The transformers class a record names, or an error saying to pass the model."""
     module, _, cls_name = record["model_class"].rpartition(".")
     if not module.startswith("transformers.") or MODEL_CONFIG not in record["files"]:
         raise ArgumentError(
@@ -495,6 +528,12 @@ def _rebuild(folder: Path, record: dict[str, Any]) -> nn.Module:
     cls = getattr(transformers, cls_name, None)
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
         raise FileFormatError(f"{record['model_class']!r} is not a transformers model class")
+    return cls
+
+
+def _rebuild(folder: Path, record: dict[str, Any]) -> nn.Module:
+    """A transformers model of the recorded class, built from ``config.json``."""
+    cls = _rebuild_class(record)
     config = cls.config_class.from_json_file(str(folder / MODEL_CONFIG))
     return cls(config).eval()
 

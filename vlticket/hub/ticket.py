@@ -242,7 +242,7 @@ def load_folder(folder: Path, with_checkpoint: bool) -> Ticket:
     """
     for attempt in range(_LOAD_TRIES):
         try:
-            dir_fd = _open_dir(folder)
+            dir_fd = _files.open_dir(folder)
         except OSError as e:
             if attempt == _LOAD_TRIES - 1:
                 raise FileFormatError(
@@ -253,30 +253,12 @@ def load_folder(folder: Path, with_checkpoint: bool) -> Ticket:
         try:
             return _load_once(folder, dir_fd, with_checkpoint)
         except FileFormatError:
-            if attempt == _LOAD_TRIES - 1 or not _swapped(folder, dir_fd):
+            if attempt == _LOAD_TRIES - 1 or not _files.replaced_since(folder, dir_fd):
                 raise
         finally:
             if dir_fd is not None:
                 os.close(dir_fd)
     raise AssertionError("unreachable")
-
-
-def _open_dir(folder: Path) -> int | None:
-    if os.open not in os.supports_dir_fd:
-        return None
-    return os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-
-
-def _swapped(folder: Path, dir_fd: int | None) -> bool:
-    """Whether ``folder`` is no longer the folder ``dir_fd`` opened."""
-    if dir_fd is None:
-        return True  # no handle to compare: let the retry decide
-    try:
-        now = os.stat(folder)
-    except OSError:
-        return True
-    then = os.fstat(dir_fd)
-    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 def _load_once(folder: Path, dir_fd: int | None, with_checkpoint: bool) -> Ticket:

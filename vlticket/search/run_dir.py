@@ -9,6 +9,7 @@ round ends, so it alone says which rounds are finished. Both JSON files are vali
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import torch
 from .. import _files
 from .._naming import check_layout
 from ..core import Checkpoint, Mask
+from ..core.nm import parse_pattern
 from ..errors import ArgumentError, FileFormatError
 
 FORMAT = "vlticket.search"
@@ -150,6 +152,9 @@ class RunDir:
             _check(
                 run_file, key in saved and ok(saved[key]), f"{key!r} to be {what}", saved.get(key)
             )
+        if isinstance(saved.get("pattern"), str):  # runs saved before one spelling ("02:04")
+            with contextlib.suppress(ArgumentError):  # a bad one is named by the check below
+                saved["pattern"] = "{}:{}".format(*parse_pattern(saved["pattern"]))
         for key, value in args.items():
             if saved.get(key) != value:
                 raise ArgumentError(
