@@ -299,7 +299,7 @@ def test_a_weight_tied_to_an_embedding_is_masked_there_too():
         torch.testing.assert_close(model(ids).logits, dense(ids).logits)
 
 
-def test_export_follows_the_masks_adapter_and_says_when_already_exported():
+def test_export_follows_the_masks_adapter_refuses_meta_and_says_when_already_exported():
     model = _bert()
     mask = vlticket.prune_magnitude(model, sparsity=0.95)  # records the detected adapter
     assert mask.adapter is not None

@@ -28,8 +28,9 @@ from .core import Mask
 from .errors import ArgumentError, NameMismatchError, ShapeMismatchError
 
 # The sparsity from which CSR beats the dense matmul on BERT-base Linear shapes at 8 x 128
-# tokens and 2 threads on the development CPU (benchmarks/run.py --only export, quiet runs:
-# 1.13-1.37x at 0.9, 0.65-0.82x at 0.8): below it, a layer stays dense.
+# tokens and 2 threads on the development CPU (benchmarks/run.py --only export, four quiet
+# runs in benchmarks/RESULTS.md: 1.13-1.37x at 0.9, 0.65-0.82x at 0.8): below it, a layer
+# stays dense.
 CSR_MIN_SPARSITY = 0.9
 FORMATS = ("csr", "2:4")
 # Modules whose forward reads their child Linears' weights directly (fused fast paths).
