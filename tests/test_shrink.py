@@ -390,3 +390,12 @@ def test_structured_imp_by_hand_with_rewind_and_attach():
     vlticket.shrink(model, mask)
     for w, g in zip(outputs(dense, vilt_inputs()), outputs(model, vilt_inputs()), strict=True):
         assert torch.allclose(w, g, atol=1e-5)
+
+
+def test_a_non_bool_mask_is_refused_by_name_and_the_model_kept():
+    model = bert()
+    floats = {n: t.float() for n, t in structured_mask(model).items()}
+    before = state(model)
+    with pytest.raises(vlticket.ArgumentError, match=r"mask\['encoder.*expected dtype torch.bool"):
+        vlticket.shrink(model, floats)
+    assert unchanged(model, before)

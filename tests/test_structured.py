@@ -7,7 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from original_models import LXRTModel, UniterModel, ViLTransformerSS
-from transformers import BertConfig, BertModel, LxmertConfig, LxmertModel, ViltConfig, ViltModel
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    BertModel,
+    LxmertConfig,
+    LxmertModel,
+    ViltConfig,
+    ViltModel,
+)
 
 import vlticket
 from vlticket import adapters
@@ -352,3 +360,41 @@ def test_bad_requests_are_refused():
         vlticket.prune_structured(model, sparsity=0.5, mask=other)
     with pytest.raises(vlticket.ShapeMismatchError, match="do not split into 1 x 3 heads"):
         vlticket.prune_structured(UniterModel(h=16), sparsity=0.5, num_heads=3)
+
+
+def test_structured_mask_records_the_adapter_so_head_models_take_it():
+    # A model with a head: canonical names lack the "bert." prefix, so apply must know the adapter.
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=24,
+    )
+    model = BertForSequenceClassification(config).eval()
+    mask = vlticket.prune_structured(model, granularity="head", sparsity=0.5)
+    mask = vlticket.prune_structured(model, granularity="neuron", sparsity=0.5, mask=mask)
+    assert mask.adapter == vlticket.prune_magnitude(model, sparsity=0.5).adapter
+    mask.apply(model)
+    query = model.bert.encoder.layer[0].attention.self.query.weight
+    assert torch.equal(query != 0, mask["encoder.layer.0.attention.self.query.weight"])
+
+
+def test_bad_values_are_refused_by_name_before_any_work():
+    model = bert()
+    floats = {n: t.float() for n, t in vlticket.Mask.ones(model).items()}
+    with pytest.raises(vlticket.ArgumentError, match=r"mask\['encoder.*expected dtype torch.bool"):
+        vlticket.prune_structured(model, sparsity=0.5, mask=floats)
+    with pytest.raises(vlticket.ArgumentError, match=r"`score`\['encoder.layer.0.attention'\]"):
+        vlticket.prune_structured(
+            model, sparsity=0.5, score={"encoder.layer.0.attention": ["a", "b", "c", "d"]}
+        )
+    with torch.device("meta"):
+        on_meta = bert()
+    with pytest.raises(vlticket.ArgumentError, match="'encoder.layer.0.*' is on the meta device"):
+        vlticket.prune_structured(on_meta, sparsity=0.5)
+    # Given scores need no values: the mask is drawn from the shapes alone.
+    scores = {f"encoder.layer.{i}.attention": [4.0, 3.0, 2.0, 1.0] for i in (0, 1)}
+    mask = vlticket.prune_structured(on_meta, sparsity=0.5, score=scores)
+    assert mask["encoder.layer.0.attention.self.query.weight"].any(dim=1).sum() == 8  # 2 heads x 4

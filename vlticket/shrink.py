@@ -22,6 +22,7 @@ from torch import nn
 
 from ._naming import check_layout, unwrap
 from .adapters.structure import Site, blocks_for, resolve_adapter
+from .core import Mask
 from .core.structured import unit_state
 from .errors import ArgumentError, FileFormatError, ShapeMismatchError
 from .registry import AdapterLike
@@ -81,6 +82,7 @@ def shrink(
     sites = blocks_for(model, adapter, num_heads=num_heads)
     if not isinstance(mask, Mapping):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
+    mask = mask if isinstance(mask, Mask) else Mask(mask)  # names a non-bool tensor
     params = adapter.prunable(model)
     check_layout(params, mask, what="the mask", where="the model's prunable weights (shrunk?)")
     del params  # each old weight is freed as soon as its sliced copy replaces it

@@ -16,6 +16,7 @@ from torch import nn
 from ._naming import check_layout
 from .adapters.structure import blocks_for, resolve_adapter
 from .core import Mask
+from .core.mask import record_of
 from .core.structured import select_units, unit_scores, unit_state, units_mask
 from .errors import ArgumentError
 from .registry import AdapterLike
@@ -79,8 +80,10 @@ def prune_structured(
     elif not isinstance(mask, Mapping):
         raise ArgumentError(f"`mask`: expected a vlticket.Mask, found {type(mask).__name__}")
     else:
+        mask = mask if isinstance(mask, Mask) else Mask(mask)  # names a non-bool tensor
         check_layout(params, mask, what="the mask", where="the model's prunable weights")
     if isinstance(score, str):
+        _check_values(blocks, params, score)
         scores = unit_scores(blocks, params, norm=score, mask=None if fresh else mask)
     elif isinstance(score, Mapping):
         unknown = sorted(set(score) - {b.name for b in blocks})
@@ -89,7 +92,7 @@ def prune_structured(
                 f"`score`: unknown blocks {unknown[:3]}; the {granularity} blocks are "
                 f"{[b.name for b in blocks][:3]}..."
             )
-        scores = {k: torch.as_tensor(v) for k, v in score.items()}
+        scores = {k: _as_scores(k, v) for k, v in score.items()}
     else:
         raise ArgumentError(f"`score`: expected 'l1', 'l2' or a mapping, found {score!r}")
     state = {} if fresh else unit_state(blocks, mask)
@@ -103,4 +106,31 @@ def prune_structured(
         budgets=budgets,
         pruned={name: s == 0 for name, s in state.items()},
     )
-    return units_mask(blocks, keep, mask)
+    # The adapter's record, as prune_magnitude's masks carry: apply/attach then find the
+    # canonical names on a model with a head (BertForSequenceClassification ...).
+    out = units_mask(blocks, keep, mask)
+    out.adapter = record_of(adapter)
+    return out
+
+
+def _check_values(blocks, params: Mapping[str, torch.Tensor], score: str) -> None:
+    """A norm needs the weights' values: refuse weights on the meta device by name."""
+    for block in blocks:
+        for axis in block.axes:
+            if params[axis.name].is_meta:
+                raise ArgumentError(
+                    f"`score`={score!r}: weight {axis.name!r} is on the meta device (no values "
+                    "to take a norm of); load the weights first, or pass score={block name: "
+                    "one score per unit}"
+                )
+
+
+def _as_scores(block: str, value) -> torch.Tensor:
+    """One block's given scores as a float tensor, or an error naming the block."""
+    try:
+        return torch.as_tensor(value).double()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ArgumentError(
+            f"`score`[{block!r}]: expected one number per unit (a tensor or list), found "
+            f"{type(value).__name__} ({e})"
+        ) from None
