@@ -399,3 +399,23 @@ def test_a_non_bool_mask_is_refused_by_name_and_the_model_kept():
     with pytest.raises(vlticket.ArgumentError, match=r"mask\['encoder.*expected dtype torch.bool"):
         vlticket.shrink(model, floats)
     assert unchanged(model, before)
+
+
+def test_models_sharing_one_config_keep_their_own_records(tmp_path):
+    first = bert()
+    config = first.config
+    second = BertModel(config).eval()  # one config object, two models
+    inputs = bert_inputs()
+    for model, heads in ((first, 0.5), (second, 0.25)):
+        mask = structured_mask(model, heads=heads, neurons=0.25 + heads)
+        mask.apply(model)
+        vlticket.shrink(model, mask)
+    assert first.config.vlticket_shrunk != second.config.vlticket_shrunk
+    assert getattr(config, "vlticket_shrunk", None) is None  # a third model is built dense
+    assert first.encoder.layer[0].attention.self.config is first.config  # submodules follow
+    for i, model in enumerate((first, second)):
+        model.save_pretrained(tmp_path / str(i))
+        again = vlticket.load_shrunk(BertModel, tmp_path / str(i)).eval()
+        with torch.no_grad():
+            for a, b in zip(outputs(again, inputs), outputs(model, inputs), strict=True):
+                assert torch.allclose(a, b, atol=1e-5)

@@ -10,6 +10,7 @@ recorded in ``model.config.vlticket_shrunk``; :func:`load_shrunk` rebuilds such 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -172,9 +173,18 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _record(model: nn.Module, kept: dict[str, int]) -> None:
-    config = getattr(unwrap(model), "config", None)
-    if config is None or not kept:
+    inner = unwrap(model)
+    shared = getattr(inner, "config", None)
+    if shared is None or not kept:
         return
+    # Models built from one config object share it (BertModel(config) twice): give this model
+    # its own copy, as from_pretrained does, so that its record never reaches the other model.
+    copies: dict[int, object] = {}
+    config = copy.deepcopy(shared, copies)
+    for module in inner.modules():
+        old = getattr(module, "config", None)
+        if old is not None and type(copies.get(id(old))) is type(old):
+            module.config = copies[id(old)]
     record = dict(getattr(config, CONFIG_FIELD, None) or {})
     record.update(kept)
     setattr(config, CONFIG_FIELD, record)
