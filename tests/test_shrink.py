@@ -419,3 +419,16 @@ def test_models_sharing_one_config_keep_their_own_records(tmp_path):
         with torch.no_grad():
             for a, b in zip(outputs(again, inputs), outputs(model, inputs), strict=True):
                 assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_load_shrunk_keeps_the_saved_precision(tmp_path):
+    model = bert().to(torch.bfloat16)
+    mask = structured_mask(model)
+    mask.apply(model)
+    vlticket.shrink(model, mask)
+    model.save_pretrained(tmp_path)
+    again = vlticket.load_shrunk(BertModel, tmp_path).eval()
+    assert {p.dtype for p in again.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        for a, b in zip(outputs(again, bert_inputs()), outputs(model, bert_inputs()), strict=True):
+            assert torch.equal(a, b)

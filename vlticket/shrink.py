@@ -215,6 +215,9 @@ def load_shrunk(model_class, path: str | os.PathLike, **config_kwargs) -> nn.Mod
             "shrunk model, so load it with from_pretrained"
         )
     model = model_class(config)
+    dtype = _saved_dtype(config)
+    if dtype is not None:  # as from_pretrained: the saved precision, not the default float32
+        model.to(dtype)
     sites = {s.block.name: s for s in blocks_for(model)}
     unknown = sorted(set(record) - set(sites))
     if unknown:
@@ -230,6 +233,14 @@ def load_shrunk(model_class, path: str | os.PathLike, **config_kwargs) -> nn.Mod
         _slice(model, site, keep)
     model.load_state_dict(_state_dict(path, model), strict=False)
     return model
+
+
+def _saved_dtype(config) -> torch.dtype | None:
+    """The floating dtype ``save_pretrained`` recorded in the config (``dtype``), if any."""
+    value = getattr(config, "dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else None
 
 
 def _state_dict(path: str, model: nn.Module) -> dict[str, torch.Tensor]:
