@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 
 import pytest
 import torch
@@ -432,3 +433,15 @@ def test_load_shrunk_keeps_the_saved_precision(tmp_path):
     with torch.no_grad():
         for a, b in zip(outputs(again, bert_inputs()), outputs(model, bert_inputs()), strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("value", [0, True, -1, 5, 2.0])
+def test_load_shrunk_refuses_an_impossible_head_count(tmp_path, value):
+    model = bert()
+    vlticket.shrink(model, structured_mask(model))
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["vlticket_shrunk"]["encoder.layer.0.attention"] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(vlticket.FileFormatError, match=r"attention'\]`: expected 1\.\.4"):
+        vlticket.load_shrunk(BertModel, tmp_path)

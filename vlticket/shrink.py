@@ -224,9 +224,14 @@ def load_shrunk(model_class, path: str | os.PathLike, **config_kwargs) -> nn.Mod
         raise FileFormatError(f"{path}: `{CONFIG_FIELD}` names unknown blocks {unknown[:3]}")
     for name, kept in record.items():
         site = sites[name]
-        if not isinstance(kept, int) or not 0 <= kept <= site.block.count:
+        least = 1 if site.block.kind == "head" else 0  # shrink never removes a block's last head
+        if (
+            isinstance(kept, bool)
+            or not isinstance(kept, int)
+            or not least <= kept <= site.block.count
+        ):
             raise FileFormatError(
-                f"{path}: `{CONFIG_FIELD}[{name!r}]`: expected 0..{site.block.count}, "
+                f"{path}: `{CONFIG_FIELD}[{name!r}]`: expected {least}..{site.block.count}, "
                 f"found {kept!r}"
             )
         keep = torch.arange(site.block.count) < kept
