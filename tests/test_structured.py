@@ -119,6 +119,18 @@ def test_stream_budgets():
         select_units([lang, vis], scores, sparsity=0.5, budgets={"cross": 0.5})
 
 
+def test_budgets_for_every_stream_need_no_sparsity_and_refuse_amount():
+    lang, vis = block("l", 4, stream="language"), block("v", 4, stream="vision")
+    scores = {"l": torch.arange(4.0), "v": torch.arange(4.0)}
+    keep = select_units([lang, vis], scores, budgets={"language": 0.25, "vision": 0.75})
+    assert keep["l"].tolist() == [False, True, True, True]
+    assert keep["v"].tolist() == [False, False, False, True]
+    with pytest.raises(vlticket.ArgumentError, match="exactly one of `sparsity` and `amount`"):
+        select_units([lang, vis], scores, budgets={"language": 0.25})  # vision has no target
+    with pytest.raises(vlticket.ArgumentError, match="`budgets` sets each stream's final"):
+        select_units([lang, vis], scores, amount=0.5, budgets={"language": 0.25})  # was ignored
+
+
 def test_fused_rows_and_columns_by_hand():
     # 2 heads of size 1, q/k/v fused: rows [q0, q1, k0, k1, v0, v1]; output columns [h0, h1].
     b = Block("att", "head", 2, 1, (Axis("qkv", 0, parts=3), Axis("out", 1)))

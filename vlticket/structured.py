@@ -52,7 +52,8 @@ def prune_structured(
             :func:`vlticket.adapters.blocks_for`).
         min_per_layer: units every block keeps at least (never the last head by default).
         budgets: ``{stream: sparsity}``, e.g. ``{"language": 0.3, "vision": 0.5}``; implies
-            ``scope="stream"``, and streams not named use ``sparsity``.
+            ``scope="stream"``, and streams not named use ``sparsity`` (not needed when every
+            stream is named); not with ``amount``.
         mask: the current mask (its pruned units stay pruned); all kept if omitted.
         adapter: the model's adapter (detected if omitted).
         num_heads: heads per attention block where the model does not say it.

@@ -189,7 +189,15 @@ def select_units(
         >>> select_units([b], {"attn": torch.tensor([3.0, 1.0, 2.0, 1.0])}, sparsity=0.5)
         {'attn': tensor([ True, False,  True, False])}
     """
-    if (sparsity is None) == (amount is None):
+    budgets = dict(budgets or {})
+    streams = {b.stream for b in blocks}
+    if budgets and amount is not None:
+        raise ArgumentError(
+            f"`budgets` sets each stream's final sparsity; give `sparsity` (for streams not "
+            f"named), not amount={amount!r}"
+        )
+    every_stream = bool(budgets) and streams <= set(budgets)  # then no sparsity is needed
+    if (sparsity is None) == (amount is None) and not (sparsity is None and every_stream):
         raise ArgumentError(
             f"give exactly one of `sparsity` and `amount`; found sparsity={sparsity!r}, "
             f"amount={amount!r}"
@@ -198,11 +206,10 @@ def select_units(
         raise ArgumentError(f"`scope`: expected one of {SCOPES}, found {scope!r}")
     if isinstance(min_per_block, bool) or not isinstance(min_per_block, int) or min_per_block < 0:
         raise ArgumentError(f"`min_per_layer`: expected an int >= 0, found {min_per_block!r}")
-    fraction(
-        sparsity if sparsity is not None else amount, "sparsity" if amount is None else "amount"
-    )
-    budgets = dict(budgets or {})
-    streams = {b.stream for b in blocks}
+    if sparsity is not None or amount is not None:
+        fraction(
+            sparsity if sparsity is not None else amount, "sparsity" if amount is None else "amount"
+        )
     for stream, value in budgets.items():
         if stream not in streams:
             raise ArgumentError(
