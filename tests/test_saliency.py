@@ -337,3 +337,34 @@ def test_synflow_mask_of_wrong_shape_refused_and_model_untouched():
     with pytest.raises(vlticket.ArgumentError, match="mask"):
         synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask={"x": 1})
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight, as a language model's tied embeddings and decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_synflow_restores_tied_weights():
+    torch.manual_seed(0)
+    net = _Tied()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ones = lambda m: m(torch.ones(1, 4, dtype=torch.float64))  # noqa: E731
+    mask = prune_at_init(net, "synflow", sparsity=0.5, forward=ones, iterations=2)
+    assert mask.num_pruned == 8
+    assert net.a.weight is net.b.weight
+    for k, v in net.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_one_batch_mapping_refused():
+    net = _net()
+    batch = {"x": torch.ones(2, 3)}
+    with pytest.raises(vlticket.ArgumentError, match=r"`batches`.*\[batch\]"):
+        snip_scores(net, lambda m, b: m(b["x"]).sum(), batch)

@@ -19,7 +19,7 @@ mode so dropout is off and batch-norm statistics are not updated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -82,6 +82,11 @@ def _grads(
 
 
 def _batches(batches: Iterable[Any]) -> list[Any]:
+    if isinstance(batches, (Mapping, str)):  # one batch (a tokenizer dict): keys are no batches
+        raise ArgumentError(
+            f"`batches`: expected an iterable of batches (a list), found one "
+            f"{type(batches).__name__}; wrap a single batch as [batch]"
+        )
     out = list(batches) if isinstance(batches, Iterable) else None
     if not out:
         raise ArgumentError("`batches`: expected a non-empty iterable of batches for `loss_fn`")
@@ -163,10 +168,12 @@ def _linearized(model: nn.Module) -> Iterator[None]:
     original tensors are put back afterwards: bit for bit, since they are never written."""
     module = unwrap(model)
     saved = []
+    seen: set[int] = set()  # a tied tensor is listed by each owner: swap (and restore) it once
     for owner in module.modules():
         for store in (owner._parameters, owner._buffers):
             for t in store.values():
-                if t is not None and t.is_floating_point():
+                if t is not None and t.is_floating_point() and id(t) not in seen:
+                    seen.add(id(t))
                     saved.append((t, t.data))
                     t.data = t.data.detach().to(torch.float64).abs()
     hooks = [
