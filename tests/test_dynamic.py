@@ -253,3 +253,44 @@ def test_nan_gradient_raises_and_changes_nothing():
     assert handle.mask == mask and ds.t == 0 and ds.updates == 0
     for k, v in weights.items():
         assert torch.equal(net.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("grow", ["gradient", "random"])
+def test_frozen_tensors_keep_their_mask(grow):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    net[0].weight.requires_grad_(False)  # frozen: whatever it grew would stay 0 for good
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    handle = vlticket.prune_magnitude(net, sparsity=0.5).attach(net, opt)
+    frozen_keep, frozen_w = handle.kept["0.weight"].clone(), net[0].weight.detach().clone()
+    trained_keep = handle.kept["1.weight"].clone()
+    rigl = DynamicSparsity(handle, opt, update_every=1, end=10, alpha=0.5, grow=grow)
+    net(torch.randn(4, 16)).pow(2).sum().backward()
+    opt.step()
+    assert rigl.step()
+    assert torch.equal(handle.kept["0.weight"], frozen_keep)
+    assert torch.equal(net[0].weight, frozen_w)
+    assert not torch.equal(handle.kept["1.weight"], trained_keep)  # the trained one moved
+
+
+def test_all_frozen_refused_and_handle_untouched():
+    net = nn.Linear(8, 8)
+    net.weight.requires_grad_(False)
+    opt = torch.optim.SGD([net.bias], lr=0.1)
+    handle = vlticket.prune_random(net, sparsity=0.5, seed=0).attach(net)
+    with pytest.raises(vlticket.ArgumentError, match="`handle`.*requires grad"):
+        DynamicSparsity(handle, opt, update_every=1, end=10)
+    assert handle.optimizers == ()
+
+
+def test_step_after_the_handle_was_removed_raises_clearly():
+    net = nn.Linear(16, 16)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    handle = vlticket.prune_random(net, sparsity=0.8, seed=0).attach(net, opt)
+    rigl = DynamicSparsity(handle, opt, update_every=2, end=10)
+    handle.remove()
+    net(torch.randn(4, 16)).sum().backward()
+    assert not rigl.step()  # not an update step: nothing needed
+    with pytest.raises(vlticket.ArgumentError, match="`handle` was removed"):
+        rigl.step()
+    assert rigl.t == 1 and rigl.updates == 0

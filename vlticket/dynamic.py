@@ -51,6 +51,8 @@ class DynamicSparsity:
 
     Args:
         handle: the mask attached with ``mask.attach(model, optimizer)``; it is kept current.
+            Tensors that do not require grad (frozen) keep their mask: they could not train
+            what they grow.
         optimizer: the optimizer whose state is reset for grown weights (added to ``handle``
             if the mask was attached without it).
         update_every: ΔT, steps between updates (100 in RigL).
@@ -99,6 +101,10 @@ class DynamicSparsity:
             raise ArgumentError(f"`grow`: expected one of {GROW}, found {grow!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ArgumentError(f"`seed`: expected an int, found {seed!r}")
+        # a frozen tensor cannot train what it grows: its mask is left as it is
+        self._names = [n for n, p in handle.params.items() if p.requires_grad]
+        if not self._names:
+            raise ArgumentError("`handle`: none of its tensors requires grad; nothing to train")
         self.alpha, self.scope, self.grow, self.seed = float(alpha), scope, grow, seed
         self._handle = handle
         if not any(o is self._optimizer for o in handle.optimizers):
@@ -141,6 +147,11 @@ class DynamicSparsity:
         """Count one training step; update the mask if it is an update step. Returns whether
         it updated. Call it after ``optimizer.step()`` on every step, on every rank."""
         updated = self._due(self.t + 1)
+        if updated and not self._handle.attached:
+            raise ArgumentError(
+                f"`handle` was removed: the update at step {self.t + 1} needs the attached mask "
+                "(attach it again and make a new DynamicSparsity, or stop calling step())"
+            )
         if updated:  # raises before anything changes (a NaN gradient): the step is not counted
             self._update(self.fraction(self.t + 1))
             self.updates += 1
@@ -151,7 +162,7 @@ class DynamicSparsity:
     def _grow_scores(self) -> dict[str, torch.Tensor]:
         """Per tensor: the dense gradient (its sign is ignored by the selection, no copy), or
         seeded uniform noise for SET."""
-        kept = self._handle.kept
+        kept = {n: self._handle.kept[n] for n in self._names}
         if self.grow == "random":
             return {
                 n: torch.rand(k.shape, generator=self._generator).to(k.device)
@@ -173,7 +184,8 @@ class DynamicSparsity:
     def _update(self, frac: float) -> None:
         """Drop by magnitude, grow by score, then write: every new mask is computed (and every
         selection's input checked) before the first write."""
-        kept, params = self._handle.kept, self._handle.params
+        kept = {n: self._handle.kept[n] for n in self._names}
+        params = {n: self._handle.params[n] for n in self._names}
         # the weights themselves: the selection ranks |w| from their bits, without a copy
         drop = {n: TensorPart(p.detach(), kept[n], p.numel()) for n, p in params.items()}
         after = select(drop, sparsity=None, amount=frac, scope=self.scope)
