@@ -368,3 +368,28 @@ def test_one_batch_mapping_refused():
     batch = {"x": torch.ones(2, 3)}
     with pytest.raises(vlticket.ArgumentError, match=r"`batches`.*\[batch\]"):
         snip_scores(net, lambda m, b: m(b["x"]).sum(), batch)
+
+
+def test_grasp_on_a_transformers_model_with_fused_attention():
+    transformers = pytest.importorskip("transformers")
+    kw = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    fused = transformers.BertForSequenceClassification(transformers.BertConfig(**kw))
+    assert fused.config._attn_implementation == "sdpa"  # no double backward of its own
+    config = transformers.BertConfig(**kw)
+    config._attn_implementation = "eager"
+    eager = transformers.BertForSequenceClassification(config)
+    eager.load_state_dict(fused.state_dict())
+    batch = {"input_ids": torch.randint(0, 50, (2, 8)), "labels": torch.tensor([0, 1])}
+    loss = lambda m, b: m(**b).loss  # noqa: E731
+    got, want = grasp_scores(fused, loss, [batch]), grasp_scores(eager, loss, [batch])
+    assert got.keys() == want.keys()
+    for n in want:
+        assert (got[n] - want[n]).abs().max() <= 1e-4 * want[n].abs().max(), n  # float32 noise

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._naming import AdapterArg, prunable_tensors, unwrap
 from .core import Mask, prune_by_score
@@ -151,13 +152,16 @@ def grasp_scores(
             for t, d in zip(g, _grads(loss_fn(model, b), params, "`loss_fn`"), strict=True):
                 t.add_(d.detach())
         hg = [torch.zeros_like(p) for p in params.values()]
-        for b in data:
-            first = _grads(loss_fn(model, b), params, "`loss_fn`", create_graph=True)
-            z = sum((a * d).sum() for a, d in zip(first, g, strict=True))
-            second = torch.autograd.grad(z, list(params.values()), allow_unused=True)
-            for t, d in zip(hg, second, strict=True):
-                if d is not None:  # a tensor the loss reaches only linearly has Hg = 0
-                    t.add_(d.detach())
+        # double backward: torch's fused attention kernels (transformers' default "sdpa") have
+        # no second derivative; the math kernel computes the same attention and has one
+        with sdpa_kernel(SDPBackend.MATH):
+            for b in data:
+                first = _grads(loss_fn(model, b), params, "`loss_fn`", create_graph=True)
+                z = sum((a * d).sum() for a, d in zip(first, g, strict=True))
+                second = torch.autograd.grad(z, list(params.values()), allow_unused=True)
+                for t, d in zip(hg, second, strict=True):
+                    if d is not None:  # a tensor the loss reaches only linearly has Hg = 0
+                        t.add_(d.detach())
     return {n: -(p.detach() * h).float() for (n, p), h in zip(params.items(), hg, strict=True)}
 
 
