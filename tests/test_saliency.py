@@ -393,3 +393,21 @@ def test_grasp_on_a_transformers_model_with_fused_attention():
     assert got.keys() == want.keys()
     for n in want:
         assert (got[n] - want[n]).abs().max() <= 1e-4 * want[n].abs().max(), n  # float32 noise
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_loss_without_a_graph_is_refused_clearly(method):
+    net = _net()
+    with torch.no_grad():
+        before = [p.clone() for p in net.parameters()]
+    with pytest.raises(vlticket.ArgumentError, match=r"`loss_fn`.*no_grad"):
+        prune_at_init(
+            net, method, sparsity=0.5, loss_fn=lambda m, b: _loss(m, b).detach(), batches=_batches()
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_grasp_of_a_loss_linear_in_every_tensor_is_zero():
+    net = nn.Linear(3, 2, bias=False)  # d(loss)/dθ does not depend on θ: the Hessian is 0
+    scores = grasp_scores(net, lambda m, b: m(b).sum(), [torch.ones(1, 3)])
+    assert torch.equal(scores["weight"], torch.zeros(2, 3))

@@ -72,6 +72,11 @@ def _grads(
 ) -> list[torch.Tensor]:
     if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
         raise ArgumentError(f"{what}: expected a scalar tensor, found {loss!r:.80}")
+    if not loss.requires_grad:
+        raise ArgumentError(
+            f"{what} returned a tensor without a graph (computed under torch.no_grad() or "
+            "inference_mode, or detached); it must be differentiable in the model's parameters"
+        )
     grads = torch.autograd.grad(loss.reshape(()), list(params.values()), allow_unused=True, **kw)
     unused = [n for n, g in zip(params, grads, strict=True) if g is None]
     if unused:
@@ -158,6 +163,8 @@ def grasp_scores(
             for b in data:
                 first = _grads(loss_fn(model, b), params, "`loss_fn`", create_graph=True)
                 z = sum((a * d).sum() for a, d in zip(first, g, strict=True))
+                if not z.requires_grad:  # the loss is linear in every tensor: Hg = 0
+                    continue
                 second = torch.autograd.grad(z, list(params.values()), allow_unused=True)
                 for t, d in zip(hg, second, strict=True):
                     if d is not None:  # a tensor the loss reaches only linearly has Hg = 0
