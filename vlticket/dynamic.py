@@ -52,7 +52,8 @@ class DynamicSparsity:
     Args:
         handle: the mask attached with ``mask.attach(model, optimizer)``; it is kept current.
             Tensors that do not require grad (frozen) keep their mask: they could not train
-            what they grow.
+            what they grow; with RigL so does a tensor no gradient reached in the update
+            step's backward passes (nothing to grow by).
         optimizer: the optimizer whose state is reset for grown weights (added to ``handle``
             if the mask was attached without it).
         update_every: ΔT, steps between updates (100 in RigL).
@@ -159,10 +160,24 @@ class DynamicSparsity:
         self._arm()
         return updated
 
-    def _grow_scores(self) -> dict[str, torch.Tensor]:
+    def _updatable(self) -> list[str]:
+        """The trainable tensors a gradient reached in this update step's backward passes (on
+        any rank): one no gradient reached has nothing to grow by, and dropping its weights
+        would only replace trained ones with zeros. SET grows at random: all of them."""
+        if self.grow == "random":
+            return self._names
+        reached = [n in self._dense for n in self._names]
+        if _dist_world() > 1:  # the same tensors on every rank, for the same all_reduce calls
+            device = self._handle.kept[self._names[0]].device
+            flags = torch.tensor(reached, dtype=torch.int32, device=device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            reached = [bool(f) for f in flags.tolist()]
+        return [n for n, r in zip(self._names, reached, strict=True) if r]
+
+    def _grow_scores(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Per tensor: the dense gradient (its sign is ignored by the selection, no copy), or
         seeded uniform noise for SET."""
-        kept = {n: self._handle.kept[n] for n in self._names}
+        kept = {n: self._handle.kept[n] for n in names}
         if self.grow == "random":
             return {
                 n: torch.rand(k.shape, generator=self._generator).to(k.device)
@@ -172,9 +187,9 @@ class DynamicSparsity:
         out = {}
         for n, k in kept.items():
             g = self._dense.get(n)
-            if g is None:  # no gradient reached it: nothing to prefer
-                g = torch.zeros(k.shape, device=k.device)
-            elif world > 1:
+            if g is None:  # no gradient reached it here, but on another rank: it adds nothing
+                g = torch.zeros(k.shape, dtype=self._handle.params[n].dtype, device=k.device)
+            if world > 1:
                 torch.distributed.all_reduce(g)
                 g.div_(world)
             out[n] = g
@@ -184,12 +199,15 @@ class DynamicSparsity:
     def _update(self, frac: float) -> None:
         """Drop by magnitude, grow by score, then write: every new mask is computed (and every
         selection's input checked) before the first write."""
-        kept = {n: self._handle.kept[n] for n in self._names}
-        params = {n: self._handle.params[n] for n in self._names}
+        names = self._updatable()
+        if not names:
+            return
+        kept = {n: self._handle.kept[n] for n in names}
+        params = {n: self._handle.params[n] for n in names}
         # the weights themselves: the selection ranks |w| from their bits, without a copy
         drop = {n: TensorPart(p.detach(), kept[n], p.numel()) for n, p in params.items()}
         after = select(drop, sparsity=None, amount=frac, scope=self.scope)
-        scores = self._grow_scores()
+        scores = self._grow_scores(names)
         pools = [[n] for n in kept] if self.scope == "tensor" else [list(kept)]
         grown: dict[str, torch.Tensor] = {}
         for pool in pools:
