@@ -420,3 +420,27 @@ def test_kept_params_optimizers_are_read_only_views():
     assert dict(handle.params) == {} and handle.optimizers == ()
     with pytest.raises(ArgumentError, match="removed"):
         handle.update_("w", torch.ones(4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    "make_opt, dtype",
+    [
+        (lambda ps: torch.optim.Adam(ps, lr=0.01), torch.float16),  # eps 1e-8 is 0 in float16
+        (lambda ps: torch.optim.AdamW(ps, lr=0.01), torch.float16),
+        (lambda ps: torch.optim.Adagrad(ps, lr=0.01), torch.float16),
+        (lambda ps: torch.optim.RMSprop(ps, lr=0.01), torch.float16),
+        (lambda ps: torch.optim.Adam(ps, lr=0.01, eps=0.0), torch.float32),
+    ],
+)
+def test_vanishing_eps_cannot_revive_pruned_weights_as_nan(make_opt, dtype):
+    torch.manual_seed(0)
+    net = nn.Linear(16, 16).to(dtype)
+    opt = make_opt(net.parameters())
+    handle = vlticket.prune_random(net, sparsity=0.8, seed=0).attach(net, opt)
+    for _ in range(3):
+        net(torch.randn(4, 16).to(dtype)).float().sum().backward()
+        opt.step()
+        opt.zero_grad()
+    pruned = net.weight.detach()[~handle.kept["weight"]]
+    assert (pruned == 0).all() and not pruned.signbit().any()  # +0.0, not NaN
+    assert net.weight.detach()[handle.kept["weight"]].ne(0).any()

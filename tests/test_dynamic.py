@@ -253,3 +253,99 @@ def test_nan_gradient_raises_and_changes_nothing():
     assert handle.mask == mask and ds.t == 0 and ds.updates == 0
     for k, v in weights.items():
         assert torch.equal(net.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("grow", ["gradient", "random"])
+def test_frozen_tensors_keep_their_mask(grow):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16))
+    net[0].weight.requires_grad_(False)  # frozen: whatever it grew would stay 0 for good
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    handle = vlticket.prune_magnitude(net, sparsity=0.5).attach(net, opt)
+    frozen_keep, frozen_w = handle.kept["0.weight"].clone(), net[0].weight.detach().clone()
+    trained_keep = handle.kept["1.weight"].clone()
+    rigl = DynamicSparsity(handle, opt, update_every=1, end=10, alpha=0.5, grow=grow)
+    net(torch.randn(4, 16)).pow(2).sum().backward()
+    opt.step()
+    assert rigl.step()
+    assert torch.equal(handle.kept["0.weight"], frozen_keep)
+    assert torch.equal(net[0].weight, frozen_w)
+    assert not torch.equal(handle.kept["1.weight"], trained_keep)  # the trained one moved
+
+
+def test_all_frozen_refused_and_handle_untouched():
+    net = nn.Linear(8, 8)
+    net.weight.requires_grad_(False)
+    opt = torch.optim.SGD([net.bias], lr=0.1)
+    handle = vlticket.prune_random(net, sparsity=0.5, seed=0).attach(net)
+    with pytest.raises(vlticket.ArgumentError, match="`handle`.*requires grad"):
+        DynamicSparsity(handle, opt, update_every=1, end=10)
+    assert handle.optimizers == ()
+
+
+def test_step_after_the_handle_was_removed_raises_clearly():
+    net = nn.Linear(16, 16)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    handle = vlticket.prune_random(net, sparsity=0.8, seed=0).attach(net, opt)
+    rigl = DynamicSparsity(handle, opt, update_every=2, end=10)
+    handle.remove()
+    net(torch.randn(4, 16)).sum().backward()
+    assert not rigl.step()  # not an update step: nothing needed
+    with pytest.raises(vlticket.ArgumentError, match="`handle` was removed"):
+        rigl.step()
+    assert rigl.t == 1 and rigl.updates == 0
+
+
+def test_a_tensor_no_gradient_reached_keeps_its_mask_and_weights():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    handle = vlticket.prune_magnitude(net, sparsity=0.7).attach(net, opt)
+    idle_keep, idle_w = handle.kept["2.weight"].clone(), net[2].weight.detach().clone()
+    used_keep = handle.kept["1.weight"].clone()
+    rigl = DynamicSparsity(handle, opt, update_every=1, end=20, alpha=0.5)
+    for _ in range(2):  # gradient accumulation: net[2] is not used in this step
+        net[1](net[0](torch.randn(4, 16))).pow(2).sum().backward()
+    opt.step()
+    assert rigl.step()
+    assert torch.equal(handle.kept["2.weight"], idle_keep)
+    assert torch.equal(net[2].weight, idle_w)  # its trained weights were not dropped for zeros
+    assert not torch.equal(handle.kept["1.weight"], used_keep)
+    # once a gradient reaches it again, it is updated
+    net(torch.randn(4, 16)).pow(2).sum().backward()
+    opt.step()
+    assert rigl.step()
+    assert not torch.equal(handle.kept["2.weight"], idle_keep)
+
+
+def _ranks_differ_in_reach(rank: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
+    torch.manual_seed(0)  # the same model and mask on both ranks
+    net = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    handle = vlticket.prune_magnitude(net, sparsity=0.7).attach(net, opt)
+    rigl = DynamicSparsity(handle, opt, update_every=1, end=20, alpha=0.5)
+    before = handle.kept["2.weight"].clone()
+    torch.manual_seed(1 + rank)
+    x = torch.randn(4, 16)
+    # only rank 0 reaches net[2] (a branch taken on some ranks' data)
+    out = net(x) if rank == 0 else net[1](net[0](x))
+    out.pow(2).sum().backward()
+    rigl.step()
+    kept = {n: k.clone() for n, k in handle.kept.items()}
+    save_file({"before": before, **kept}, f"{out_dir}/rank{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_when_a_gradient_reaches_a_tensor_on_one_rank_only(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(
+        _ranks_differ_in_reach, args=(str(tmp_path),), nprocs=2, join=True, start_method="spawn"
+    )
+    a, b = (load_file(tmp_path / f"rank{r}.safetensors") for r in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert not torch.equal(a["2.weight"], a["before"])  # reached on rank 0: updated on both

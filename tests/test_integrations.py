@@ -111,3 +111,55 @@ def test_accelerate_launch_two_cpu_processes_agree(tmp_path):
     b = vlticket.Mask.load(tmp_path / "mask.rank1.safetensors")
     assert a == b
     assert a.sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+class _Regressor(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)
+
+    def forward(self, x, labels):
+        return {"loss": (self.b(torch.relu(self.a(x))).squeeze(-1) - labels).pow(2).mean()}
+
+
+class _Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 32
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"x": torch.randn(8, generator=g), "labels": torch.randn((), generator=g)}
+
+
+def test_a_trainer_reused_with_the_last_rounds_callback_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = _Regressor()
+    search = vlticket.TicketSearch(
+        model, sparsity=0.5, amount=0.5, early_bird=True, early_bird_every=1, progress=False
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=_Data())
+    rounds = iter(search)
+    first = next(rounds)
+    trainer.add_callback(TicketCallback(first))
+    trainer.train()
+    first.report(loss=1.0)
+    second = next(rounds)
+    trainer.add_callback(TicketCallback(second))  # round 0's callback is still there
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(vlticket.VlticketError, match="round 0, which is over.*remove_callback"):
+        trainer.train()
+    assert second.steps == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    trainer.remove_callback(TicketCallback)  # the first one: round 0's
+    trainer.train()
+    assert second.steps == 6
+    assert all((p[~second.mask[n]] == 0).all() for n, p in search._handle.params.items())

@@ -337,3 +337,77 @@ def test_synflow_mask_of_wrong_shape_refused_and_model_untouched():
     with pytest.raises(vlticket.ArgumentError, match="mask"):
         synflow_scores(net, lambda m: m(torch.ones(1, 3, dtype=torch.float64)), mask={"x": 1})
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight, as a language model's tied embeddings and decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_synflow_restores_tied_weights():
+    torch.manual_seed(0)
+    net = _Tied()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    ones = lambda m: m(torch.ones(1, 4, dtype=torch.float64))  # noqa: E731
+    mask = prune_at_init(net, "synflow", sparsity=0.5, forward=ones, iterations=2)
+    assert mask.num_pruned == 8
+    assert net.a.weight is net.b.weight
+    for k, v in net.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k
+
+
+def test_one_batch_mapping_refused():
+    net = _net()
+    batch = {"x": torch.ones(2, 3)}
+    with pytest.raises(vlticket.ArgumentError, match=r"`batches`.*\[batch\]"):
+        snip_scores(net, lambda m, b: m(b["x"]).sum(), batch)
+
+
+def test_grasp_on_a_transformers_model_with_fused_attention():
+    transformers = pytest.importorskip("transformers")
+    kw = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    fused = transformers.BertForSequenceClassification(transformers.BertConfig(**kw))
+    assert fused.config._attn_implementation == "sdpa"  # no double backward of its own
+    config = transformers.BertConfig(**kw)
+    config._attn_implementation = "eager"
+    eager = transformers.BertForSequenceClassification(config)
+    eager.load_state_dict(fused.state_dict())
+    batch = {"input_ids": torch.randint(0, 50, (2, 8)), "labels": torch.tensor([0, 1])}
+    loss = lambda m, b: m(**b).loss  # noqa: E731
+    got, want = grasp_scores(fused, loss, [batch]), grasp_scores(eager, loss, [batch])
+    assert got.keys() == want.keys()
+    for n in want:
+        assert (got[n] - want[n]).abs().max() <= 1e-4 * want[n].abs().max(), n  # float32 noise
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+def test_loss_without_a_graph_is_refused_clearly(method):
+    net = _net()
+    with torch.no_grad():
+        before = [p.clone() for p in net.parameters()]
+    with pytest.raises(vlticket.ArgumentError, match=r"`loss_fn`.*no_grad"):
+        prune_at_init(
+            net, method, sparsity=0.5, loss_fn=lambda m, b: _loss(m, b).detach(), batches=_batches()
+        )
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_grasp_of_a_loss_linear_in_every_tensor_is_zero():
+    net = nn.Linear(3, 2, bias=False)  # d(loss)/dθ does not depend on θ: the Hessian is 0
+    scores = grasp_scores(net, lambda m, b: m(b).sum(), [torch.ones(1, 3)])
+    assert torch.equal(scores["weight"], torch.zeros(2, 3))

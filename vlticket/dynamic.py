@@ -51,6 +51,9 @@ class DynamicSparsity:
 
     Args:
         handle: the mask attached with ``mask.attach(model, optimizer)``; it is kept current.
+            Tensors that do not require grad (frozen) keep their mask: they could not train
+            what they grow; with RigL so does a tensor no gradient reached in the update
+            step's backward passes (nothing to grow by).
         optimizer: the optimizer whose state is reset for grown weights (added to ``handle``
             if the mask was attached without it).
         update_every: ΔT, steps between updates (100 in RigL).
@@ -99,6 +102,10 @@ class DynamicSparsity:
             raise ArgumentError(f"`grow`: expected one of {GROW}, found {grow!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ArgumentError(f"`seed`: expected an int, found {seed!r}")
+        # a frozen tensor cannot train what it grows: its mask is left as it is
+        self._names = [n for n, p in handle.params.items() if p.requires_grad]
+        if not self._names:
+            raise ArgumentError("`handle`: none of its tensors requires grad; nothing to train")
         self.alpha, self.scope, self.grow, self.seed = float(alpha), scope, grow, seed
         self._handle = handle
         if not any(o is self._optimizer for o in handle.optimizers):
@@ -141,6 +148,11 @@ class DynamicSparsity:
         """Count one training step; update the mask if it is an update step. Returns whether
         it updated. Call it after ``optimizer.step()`` on every step, on every rank."""
         updated = self._due(self.t + 1)
+        if updated and not self._handle.attached:
+            raise ArgumentError(
+                f"`handle` was removed: the update at step {self.t + 1} needs the attached mask "
+                "(attach it again and make a new DynamicSparsity, or stop calling step())"
+            )
         if updated:  # raises before anything changes (a NaN gradient): the step is not counted
             self._update(self.fraction(self.t + 1))
             self.updates += 1
@@ -148,10 +160,24 @@ class DynamicSparsity:
         self._arm()
         return updated
 
-    def _grow_scores(self) -> dict[str, torch.Tensor]:
+    def _updatable(self) -> list[str]:
+        """The trainable tensors a gradient reached in this update step's backward passes (on
+        any rank): one no gradient reached has nothing to grow by, and dropping its weights
+        would only replace trained ones with zeros. SET grows at random: all of them."""
+        if self.grow == "random":
+            return self._names
+        reached = [n in self._dense for n in self._names]
+        if _dist_world() > 1:  # the same tensors on every rank, for the same all_reduce calls
+            device = self._handle.kept[self._names[0]].device
+            flags = torch.tensor(reached, dtype=torch.int32, device=device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            reached = [bool(f) for f in flags.tolist()]
+        return [n for n, r in zip(self._names, reached, strict=True) if r]
+
+    def _grow_scores(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Per tensor: the dense gradient (its sign is ignored by the selection, no copy), or
         seeded uniform noise for SET."""
-        kept = self._handle.kept
+        kept = {n: self._handle.kept[n] for n in names}
         if self.grow == "random":
             return {
                 n: torch.rand(k.shape, generator=self._generator).to(k.device)
@@ -161,9 +187,9 @@ class DynamicSparsity:
         out = {}
         for n, k in kept.items():
             g = self._dense.get(n)
-            if g is None:  # no gradient reached it: nothing to prefer
-                g = torch.zeros(k.shape, device=k.device)
-            elif world > 1:
+            if g is None:  # no gradient reached it here, but on another rank: it adds nothing
+                g = torch.zeros(k.shape, dtype=self._handle.params[n].dtype, device=k.device)
+            if world > 1:
                 torch.distributed.all_reduce(g)
                 g.div_(world)
             out[n] = g
@@ -173,11 +199,15 @@ class DynamicSparsity:
     def _update(self, frac: float) -> None:
         """Drop by magnitude, grow by score, then write: every new mask is computed (and every
         selection's input checked) before the first write."""
-        kept, params = self._handle.kept, self._handle.params
+        names = self._updatable()
+        if not names:
+            return
+        kept = {n: self._handle.kept[n] for n in names}
+        params = {n: self._handle.params[n] for n in names}
         # the weights themselves: the selection ranks |w| from their bits, without a copy
         drop = {n: TensorPart(p.detach(), kept[n], p.numel()) for n, p in params.items()}
         after = select(drop, sparsity=None, amount=frac, scope=self.scope)
-        scores = self._grow_scores()
+        scores = self._grow_scores(names)
         pools = [[n] for n in kept] if self.scope == "tensor" else [list(kept)]
         grown: dict[str, torch.Tensor] = {}
         for pool in pools:

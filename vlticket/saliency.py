@@ -19,11 +19,12 @@ mode so dropout is off and batch-norm statistics are not updated.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._naming import AdapterArg, prunable_tensors, unwrap
 from .core import Mask, prune_by_score
@@ -71,6 +72,11 @@ def _grads(
 ) -> list[torch.Tensor]:
     if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
         raise ArgumentError(f"{what}: expected a scalar tensor, found {loss!r:.80}")
+    if not loss.requires_grad:
+        raise ArgumentError(
+            f"{what} returned a tensor without a graph (computed under torch.no_grad() or "
+            "inference_mode, or detached); it must be differentiable in the model's parameters"
+        )
     grads = torch.autograd.grad(loss.reshape(()), list(params.values()), allow_unused=True, **kw)
     unused = [n for n, g in zip(params, grads, strict=True) if g is None]
     if unused:
@@ -82,6 +88,11 @@ def _grads(
 
 
 def _batches(batches: Iterable[Any]) -> list[Any]:
+    if isinstance(batches, (Mapping, str)):  # one batch (a tokenizer dict): keys are no batches
+        raise ArgumentError(
+            f"`batches`: expected an iterable of batches (a list), found one "
+            f"{type(batches).__name__}; wrap a single batch as [batch]"
+        )
     out = list(batches) if isinstance(batches, Iterable) else None
     if not out:
         raise ArgumentError("`batches`: expected a non-empty iterable of batches for `loss_fn`")
@@ -146,13 +157,18 @@ def grasp_scores(
             for t, d in zip(g, _grads(loss_fn(model, b), params, "`loss_fn`"), strict=True):
                 t.add_(d.detach())
         hg = [torch.zeros_like(p) for p in params.values()]
-        for b in data:
-            first = _grads(loss_fn(model, b), params, "`loss_fn`", create_graph=True)
-            z = sum((a * d).sum() for a, d in zip(first, g, strict=True))
-            second = torch.autograd.grad(z, list(params.values()), allow_unused=True)
-            for t, d in zip(hg, second, strict=True):
-                if d is not None:  # a tensor the loss reaches only linearly has Hg = 0
-                    t.add_(d.detach())
+        # double backward: torch's fused attention kernels (transformers' default "sdpa") have
+        # no second derivative; the math kernel computes the same attention and has one
+        with sdpa_kernel(SDPBackend.MATH):
+            for b in data:
+                first = _grads(loss_fn(model, b), params, "`loss_fn`", create_graph=True)
+                z = sum((a * d).sum() for a, d in zip(first, g, strict=True))
+                if not z.requires_grad:  # the loss is linear in every tensor: Hg = 0
+                    continue
+                second = torch.autograd.grad(z, list(params.values()), allow_unused=True)
+                for t, d in zip(hg, second, strict=True):
+                    if d is not None:  # a tensor the loss reaches only linearly has Hg = 0
+                        t.add_(d.detach())
     return {n: -(p.detach() * h).float() for (n, p), h in zip(params.items(), hg, strict=True)}
 
 
@@ -163,10 +179,12 @@ def _linearized(model: nn.Module) -> Iterator[None]:
     original tensors are put back afterwards: bit for bit, since they are never written."""
     module = unwrap(model)
     saved = []
+    seen: set[int] = set()  # a tied tensor is listed by each owner: swap (and restore) it once
     for owner in module.modules():
         for store in (owner._parameters, owner._buffers):
             for t in store.values():
-                if t is not None and t.is_floating_point():
+                if t is not None and t.is_floating_point() and id(t) not in seen:
+                    seen.add(id(t))
                     saved.append((t, t.data))
                     t.data = t.data.detach().to(torch.float64).abs()
     hooks = [

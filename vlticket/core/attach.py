@@ -10,11 +10,13 @@ each step would be a wasted pass over the model. Instead, before each step, auto
 counters tell in O(1) per tensor whether anything wrote a weight, a gradient or an optimizer
 state since the hooks last made it safe (``load_state_dict``, gradient noise, clipping, another
 optimizer); only those tensors are re-zeroed. Any other optimizer gets the full pass after its
-step.
+step, and so does a tensor whose ``eps`` rounds to 0 in its dtype (Adam's 1e-8 in float16: 0/0
+would write NaN into its pruned entries).
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -126,6 +128,27 @@ def _plain(p: torch.Tensor) -> bool:
     return type(p.detach()) is torch.Tensor
 
 
+@functools.lru_cache(maxsize=64)
+def _vanishes(eps: float, dtype: torch.dtype) -> bool:
+    """Whether ``eps`` rounds to 0 in ``dtype`` (1e-8 in float16): an adaptive optimizer then
+    divides 0 by 0 at a pruned entry, so a zero entry does not stay zero."""
+    return float(torch.tensor(eps, dtype=dtype)) == 0.0
+
+
+def _inexact(optimizer: torch.optim.Optimizer) -> set[int]:
+    """Ids of the parameters whose step the fast path cannot trust to keep a zero entry zero:
+    tensor subclasses, and those whose group's ``eps`` vanishes in their dtype."""
+    out = set()
+    for group in optimizer.param_groups:
+        eps = group.get("eps")
+        for p in group["params"]:
+            if not _plain(p) or (
+                isinstance(eps, (int, float)) and p.is_floating_point() and _vanishes(eps, p.dtype)
+            ):
+                out.add(id(p))
+    return out
+
+
 class MaskHandle:
     """An attached mask. ``remove()`` detaches it; usable as a context manager.
 
@@ -210,9 +233,10 @@ class MaskHandle:
 
     def _before_exact_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
         """Re-zero only what was written since the hooks last left it safe."""
+        inexact = _inexact(optimizer)
         for name, p in self._owned(optimizer):
-            if not _plain(p):  # version counters may miss writes to a subclass's data:
-                if p.grad is not None:  # mask its gradient again, re-zero it after the step
+            if id(p) in inexact:  # a subclass (writes the version counter misses) or a vanishing
+                if p.grad is not None:  # eps: mask its gradient again, re-zero it after the step
                     _zero_pruned(p.grad, self._keep[name])
                 continue
             if not self._fresh(name, "", p):
@@ -225,8 +249,9 @@ class MaskHandle:
                     self._zero(name, key, state)
 
     def _after_exact_step(self, optimizer: torch.optim.Optimizer, *_: object) -> None:
+        inexact = _inexact(optimizer)
         for name, p in self._owned(optimizer):
-            if not _plain(p):
+            if id(p) in inexact:
                 self._zero(name, "", p)
                 continue
             self._stamps[name, ""] = _Stamp(p)

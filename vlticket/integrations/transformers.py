@@ -46,6 +46,13 @@ class TicketCallback(TrainerCallback):
         self._added: set[int] = set()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.rnd._search._round is not self.rnd:  # a Trainer reused for the next round
+            raise VlticketError(
+                f"this TicketCallback is for round {self.rnd.index}, which is over; it would end "
+                "the running round's training early or leave its mask unenforced: give each "
+                "round its own Trainer, or `trainer.remove_callback(TicketCallback)` before "
+                "`trainer.add_callback(TicketCallback(rnd))`"
+            )
         optimizer = kwargs.get("optimizer")
         if optimizer is None:
             raise VlticketError(
